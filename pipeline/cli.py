@@ -1,0 +1,102 @@
+"""kinetics-prep: the launcher. Resolves the configuration, checks inputs, runs the pipeline,
+prints progress from the ledger and a summary at the end."""
+import json
+import logging
+import sys
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import build, demo
+from pipeline.options import UsageError, resolve
+from pipeline.progress import Progress
+from transforms import storage
+from transforms.clips import expected_outputs
+from transforms.reader import AnnotationError
+from transforms.records import STATUSES
+
+
+class PreflightError(Exception):
+    pass
+
+
+def preflight(settings):
+    """Fail fast, in one line, on inputs that cannot be read or an output that cannot be written."""
+    for url in settings.annotations:
+        try:
+            with storage.open_input(url) as f:
+                f.read(1)
+        except Exception as e:  # noqa: BLE001 - any opener failure is the same user error
+            raise PreflightError(f"cannot read annotations {url}: {_oneline(e)}") from None
+    probe = storage.join(settings.output, "_ledger", ".writable")
+    try:
+        storage.write_bytes(probe, b"")
+        storage.remove(probe)
+    except Exception as e:  # noqa: BLE001
+        raise PreflightError(f"cannot write to --output {settings.output}: {_oneline(e)}") from None
+
+
+def _oneline(e):
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def beam_options(beam_args):
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append("--runner=FnApiRunner")
+    return PipelineOptions(args)
+
+
+def summary_table(result):
+    splits = result["splits"]
+    statuses = [s for s in STATUSES if s in result["total"]]
+    rows = [[name] + [str(counts.get(s, 0)) for s in statuses] + [str(sum(counts.values()))]
+            for name, counts in list(splits.items()) + [("total", result["total"])]]
+    header = ["split"] + statuses + ["clips"]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(header)] + [fmt(r) for r in rows])
+
+
+def run(settings, beam_args):
+    p = beam.Pipeline(options=beam_options(beam_args))
+    build.build(p, settings)
+    reader = build.annotation_reader(settings)
+    clips = lambda: [c for c in reader.read(settings.annotations) if not isinstance(c, dict)]
+    progress = Progress(settings, clips, lambda c: expected_outputs(c, settings))
+    progress.start()
+    try:
+        p.run().wait_until_finish()
+    finally:
+        progress.stop()
+    return json.loads(storage.read_bytes(storage.join(settings.output, "summary.json")))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        settings, args, beam_args = resolve(argv)
+    except UsageError as e:
+        print(f"kinetics-prep: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(args.log_level)
+    try:
+        if settings.demo:
+            demo.prepare(settings)
+        preflight(settings)
+    except (PreflightError, AnnotationError) as e:
+        print(f"kinetics-prep: error: {e}", file=sys.stderr)
+        return 1
+    print(f"kinetics-prep: {settings.dataset}: {', '.join(settings.annotations)} -> {settings.output} "
+          f"(steps {','.join(settings.steps)})", file=sys.stderr)
+    result = run(settings, beam_args)
+    print(summary_table(result))
+    print(f"outputs: {settings.output} (manifest/, failures.csv, summary.json, label_map.txt"
+          + (", file lists" if "filelists" in settings.steps else "") + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Command line and configuration: built-in dataset YAML <- user YAML <- flags, resolved once.
+
+The launcher resolves everything into a Settings value that travels to the workers, so
+workers never read YAML or the command line.
+"""
+import argparse
+import dataclasses
+import importlib.resources
+import os
+import uuid
+
+import yaml
+from apache_beam.options import pipeline_options as beam_options
+
+from transforms import storage
+from transforms.reader import LabelMap, check_trim_format
+from transforms.records import SPLITS
+
+STEPS = ("fetch", "resize", "rgb", "flow", "shards", "filelists")
+AVAILABLE_STEPS = ("filelists",)
+DATASETS = ("kinetics400", "kinetics600", "kinetics700", "kinetics700_2020", "demo")
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    dataset: str
+    labels: tuple
+    annotations: tuple
+    output: str
+    splits: tuple = SPLITS
+    classes: tuple = ()
+    limit: int = None
+    steps: tuple = ("filelists",)
+    trim_format: str = "%06d"
+    class_dirs: str = "clean"
+    flat: bool = False
+    verify: str = "probe"
+    min_duration_ratio: float = 0.8
+    shuffle: bool = False
+    seed: int = None
+    filelist_format: str = "txt"
+    progress_interval: float = 10.0
+    redo: bool = False
+    demo: bool = False
+    run_id: str = ""
+
+    @property
+    def label_map(self):
+        return LabelMap(self.labels)
+
+
+# name: (type, default, help). Every one may also be set in a YAML config under the same name.
+OPTIONS = {
+    "annotations": (list, None, "annotation CSVs or tarballs (path, http(s)://, gs://), or the name of "
+                                "a set in the dataset config (deepmind, mmaction2, cvdf); repeatable"),
+    "output": (str, None, "output root: a local directory or gs://bucket/prefix"),
+    "splits": (list, list(SPLITS), "splits to process, comma separated (train,val,test; validate = val)"),
+    "classes": (list, [], "only these classes (raw labels or class-dir names), comma separated"),
+    "limit": (int, None, "only the first N valid rows per split, in annotation order, after --classes"),
+    "steps": (list, ["filelists"], f"comma list of steps from {','.join(STEPS)}"),
+    "trim_format": (str, "%06d", "printf format of the start/end seconds in clip ids"),
+    "class_dirs": (("clean", "raw"), "clean", "clean: spaces to _ and quotes dropped (MMAction2); "
+                                              "raw: the label as the crawler wrote it"),
+    "layout": (("classes", "flat"), "classes", "classes: videos_{split}/{class}/{clip}.mp4 (level 2); "
+                                                "flat: videos_{split}/{clip}.mp4 (level 1)"),
+    "verify": (("probe", "full"), "probe", "how to check an existing video: probe (open, duration) "
+                                           "or full (decode every frame)"),
+    "min_duration_ratio": (float, 0.8, "a clip shorter than this fraction of its annotated length "
+                                       "is 'short'"),
+    "shuffle": (bool, False, "shuffle the file lists as MMAction2's --shuffle does"),
+    "seed": (int, None, "random seed for --shuffle (random.seed(N); random.shuffle(lines))"),
+    "filelist_format": (("txt", "json"), "txt", "file list format"),
+    "redo": (bool, False, "ignore the ledger and redo every clip (re-verify a tree that changed)"),
+    "label_map": (str, None, "label map file (one label per line); default: the dataset's own"),
+    "progress_interval": (float, 10.0, "seconds between progress lines (at least 10)"),
+}
+DATASET_KEYS = {"name", "label_map", "annotation_sets", "demo"}
+
+
+def config_dir():
+    try:
+        return importlib.resources.files("pipeline.configs")
+    except ModuleNotFoundError:
+        return importlib.resources.files("pipeline").joinpath("..", "configs")
+
+
+def load_yaml(text, where):
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"{where}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: a config must be a mapping of option: value")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(OPTIONS) - DATASET_KEYS)
+    if unknown:
+        raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    return {k: _coerce(k, v, where) if k in OPTIONS else v for k, v in data.items()}
+
+
+def _coerce(name, value, where):
+    kind = OPTIONS[name][0]
+    if value is None or (name == "label_map" and isinstance(value, list)):
+        return value
+    if kind is list:
+        return _as_list(value)
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise UsageError(f"{where}: {name} must be one of {', '.join(kind)}, not {value!r}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: {name} must be true or false")
+        return value
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{where}: {name} must be a {kind.__name__}, not {value!r}") from None
+
+
+def builtin_config(name):
+    if name not in DATASETS:
+        raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}, not {name!r}")
+    res = config_dir().joinpath(f"{name}.yaml")
+    data = load_yaml(res.read_text(encoding="utf-8"), f"{name}.yaml")
+    lm = data.get("label_map")
+    if isinstance(lm, str) and "://" not in lm:
+        data["label_map"] = config_dir().joinpath(lm).read_text(encoding="utf-8").splitlines()
+    return data
+
+
+def user_config(path):
+    try:
+        text = storage.read_bytes(path).decode("utf-8")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read --config {path}: {e}") from None
+    data = load_yaml(text, path)
+    lm = data.get("label_map")
+    if isinstance(lm, str) and "://" not in lm and not os.path.isabs(lm) and "://" not in path:
+        data["label_map"] = os.path.join(os.path.dirname(os.path.abspath(path)), lm)
+    return data
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def build_parser():
+    parser = _Parser(
+        prog="kinetics-prep", allow_abbrev=False,
+        description="Prepare the Kinetics datasets: annotations in; clips, frames, flow, shards, "
+                    "manifest, ledger and MMAction2 file lists out. Any Apache Beam pipeline "
+                    "option (--runner, --direct_num_workers, Dataflow or Flink flags) passes through.")
+    parser.add_argument("--dataset", help=f"built-in dataset config: {', '.join(DATASETS)}")
+    parser.add_argument("--config", help="a YAML config applied on top of the dataset's")
+    for name, (kind, default, text) in OPTIONS.items():
+        shown = f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})" \
+            if default not in (None, [], False) else ""
+        text = text.replace("%", "%%")
+        shown = shown.replace("%", "%%")
+        if kind is bool:
+            parser.add_argument(_flag(name), dest=name, action="store_true", default=None, help=text)
+            parser.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_false",
+                                help=argparse.SUPPRESS)
+        elif isinstance(kind, tuple):
+            parser.add_argument(_flag(name), dest=name, choices=kind, help=text + shown)
+        elif kind is list:
+            parser.add_argument(_flag(name), dest=name, action="append", help=text + shown)
+        else:
+            parser.add_argument(_flag(name), dest=name, type=kind, help=text + shown)
+    parser.add_argument("--log-level", default="WARNING",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="log level (default WARNING)")
+    return parser
+
+
+def _as_list(value):
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        out.extend(p.strip() for p in str(item).split(",") if p.strip())
+    return out
+
+
+def check_beam_args(beam_args):
+    """Refuse flags that neither we nor any Beam PipelineOptions class know (typos)."""
+    parser = beam_options._BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in beam_options.PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(beam_args)
+    flags = [a for a in unknown if a.startswith("-")]
+    if flags:
+        raise UsageError(f"unrecognized arguments: {' '.join(flags)}")
+
+
+def resolve(argv):
+    """(Settings, parsed args, Beam args) from the command line; raises UsageError on bad input."""
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    check_beam_args(beam_args)
+
+    merged = {name: default for name, (_, default, _) in OPTIONS.items()}
+    layers = []
+    if args.dataset:
+        layers.append(builtin_config(args.dataset))
+    if args.config:
+        layers.append(user_config(args.config))
+    for layer in layers:
+        merged.update(layer)
+    for name in OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            merged[name] = value
+    settings = _settings(merged, args, layers)
+    return settings, args, beam_args
+
+
+def _settings(m, args, layers):
+    name = next((layer["name"] for layer in reversed(layers) if "name" in layer), None)
+    if not name:
+        raise UsageError("name a dataset: --dataset NAME, or --config FILE with a 'name:' key")
+    sets = {}
+    for layer in layers:
+        sets.update(layer.get("annotation_sets") or {})
+    annotations = []
+    for item in _as_list(m["annotations"]) or []:
+        annotations.extend(_as_list(sets[item]) if item in sets else [item])
+    if not annotations:
+        raise UsageError("no annotations: pass --annotations PATH_OR_URL")
+    if not m["output"]:
+        raise UsageError("no output: pass --output DIR_OR_URL")
+
+    splits = []
+    for s in _as_list(m["splits"]):
+        s = {"validate": "val"}.get(s, s)
+        if s not in SPLITS:
+            raise UsageError(f"--splits: unknown split {s!r} (train, val, test)")
+        splits.append(s)
+    steps = _as_list(m["steps"])
+    for step in steps:
+        if step not in STEPS:
+            raise UsageError(f"--steps: unknown step {step!r} (choose from {','.join(STEPS)})")
+    for step in steps:
+        if step not in AVAILABLE_STEPS:
+            raise UsageError(f"--steps: step {step!r} is not available in this version")
+    if m["limit"] is not None and m["limit"] < 0:
+        raise UsageError("--limit must be >= 0")
+    try:
+        check_trim_format(m["trim_format"])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not 0 <= m["min_duration_ratio"] <= 1:
+        raise UsageError("--min-duration-ratio must be between 0 and 1")
+
+    labels = m["label_map"]
+    if labels is None:
+        raise UsageError(f"dataset {name!r} has no label map: pass --label-map FILE")
+    if isinstance(labels, str):
+        try:
+            labels = storage.read_bytes(labels).decode("utf-8").splitlines()
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read label map {labels}: {e}") from None
+    labels = tuple(label.strip() for label in labels if label.strip())
+    label_map = LabelMap(labels)
+    classes = _as_list(m["classes"])
+    unknown = [c for c in classes if label_map.lookup(c) is None]
+    if unknown:
+        raise UsageError(f"--classes: not in the {name} label map: {', '.join(unknown)}")
+
+    return Settings(
+        dataset=name, labels=labels, annotations=tuple(annotations),
+        output=storage.normalize(m["output"]), splits=tuple(splits), classes=tuple(classes),
+        limit=m["limit"], steps=tuple(steps), trim_format=m["trim_format"],
+        class_dirs=m["class_dirs"], flat=m["layout"] == "flat", verify=m["verify"],
+        min_duration_ratio=m["min_duration_ratio"], shuffle=bool(m["shuffle"]), seed=m["seed"],
+        filelist_format=m["filelist_format"], redo=bool(m["redo"]), progress_interval=max(10.0, m["progress_interval"]),
+        demo=any(layer.get("demo") for layer in layers), run_id=uuid.uuid4().hex)

@@ -1,0 +1,1 @@
+"""Pipeline stages: each a plain function with a thin Beam wrapper."""

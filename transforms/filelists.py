@@ -1,0 +1,68 @@
+"""MMAction2 file lists, byte for byte as tools/data/build_file_list.py writes them.
+
+videos:    "<class>/<clip>.mp4 <label>\\n"
+rawframes: "<class>/<clip> <number of img_ files> <label>\\n"
+flow:      "<class>/<clip> <number of flow_x_ files> <label>\\n"   (no MMAction2 tool writes this one)
+
+Lines follow annotation order; `--shuffle --seed N` is random.seed(N); random.shuffle(lines).
+"""
+import json
+import random
+
+from transforms.records import GOOD
+
+KINDS = ("videos", "rawframes", "flow")
+
+
+def list_name(dataset, split, kind, fmt="txt"):
+    return f"{dataset}_{split}_list_{kind}.{fmt}"
+
+
+def list_lines(records, kind, flat=False):
+    """Lines of one list from a split's records, already in annotation order."""
+    lines = []
+    for rec in records:
+        if rec["status"] not in GOOD:
+            continue
+        path = rec["clip_id"] if flat else f"{rec['class_dir']}/{rec['clip_id']}"
+        outputs = rec.get("outputs") or {}
+        label = rec["label_index"]
+        if kind == "videos" and ("video" in outputs or "resized" in outputs):
+            lines.append(f"{path}.mp4 {label}\n")
+        elif kind == "rawframes" and rec.get("rgb_frames"):
+            lines.append(f"{path} {rec['rgb_frames']} {label}\n")
+        elif kind == "flow" and rec.get("flow_frames"):
+            lines.append(f"{path} {rec['flow_frames']} {label}\n")
+    return lines
+
+
+def shuffled(lines, seed):
+    lines = list(lines)
+    random.Random(seed).shuffle(lines)
+    return lines
+
+
+def render(lines, kind, fmt="txt"):
+    """The list file's bytes: plain lines, or MMAction2's lines2dictlist JSON."""
+    if fmt == "txt":
+        return "".join(lines).encode("utf-8")
+    items = []
+    for line in lines:
+        parts = line.split()
+        if kind == "videos":
+            items.append({"filename": parts[0], "label": [int(x) for x in parts[1:]]})
+        else:
+            items.append({"frame_dir": parts[0], "total_frames": int(parts[1]),
+                          "label": [int(x) for x in parts[2:]]})
+    return json.dumps(items).encode("utf-8")
+
+
+def build(records, dataset, split, *, flat=False, shuffle=False, seed=None, fmt="txt"):
+    """{file name: bytes or None} for the split's three lists; None means no clip has that output."""
+    out = {}
+    for kind in KINDS:
+        lines = list_lines(records, kind, flat)
+        if shuffle:
+            lines = shuffled(lines, seed)
+        out[list_name(dataset, split, kind, fmt)] = render(lines, kind, fmt) if lines else None
+    return out

@@ -1,0 +1,72 @@
+"""The per-clip ledger: one small JSON file per finished clip under {output}/_ledger/.
+
+Written whole as soon as a clip finishes, so a crashed or cancelled run loses no result,
+and a re-run knows which clips are complete.
+"""
+import json
+
+from transforms import storage
+from transforms.records import GOOD, UNAVAILABLE
+
+
+class Ledger:
+    def __init__(self, output):
+        self.root = storage.join(output, "_ledger")
+
+    def url(self, key):
+        split, class_dir, clip_id = key
+        return storage.join(self.root, split, class_dir, f"{clip_id}.json")
+
+    def read(self, key):
+        try:
+            return parse(storage.read_bytes(self.url(key)))
+        except FileNotFoundError:
+            return None
+
+    def write(self, record):
+        key = (record["split"], record["class_dir"], record["clip_id"])
+        storage.write_bytes(self.url(key), dump(record))
+
+    def listing(self):
+        """{url: (size, mtime-ish)} for every ledger file, to spot new or rewritten ones."""
+        found = storage.find_files(self.root, detail=True)
+        return {u: (i.get("size"), _stamp(i)) for u, i in found.items() if u.endswith(".json")}
+
+    def read_many(self, urls):
+        out = {}
+        for url, data in storage.read_bytes_many(list(urls)).items():
+            rec = parse(data)
+            if rec is not None:
+                out[url] = rec
+        return out
+
+
+def _stamp(info):
+    for k in ("mtime", "updated", "LastModified", "created", "generation", "etag"):
+        if info.get(k) is not None:
+            return str(info[k])
+    return None
+
+
+def dump(record):
+    return json.dumps(record, sort_keys=False, ensure_ascii=False).encode("utf-8")
+
+
+def parse(data):
+    try:
+        rec = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return rec if isinstance(rec, dict) and "status" in rec else None
+
+
+def is_complete(record, expected_outputs, retry_unavailable=False):
+    """Whether a ledger record means this run has nothing left to do for the clip."""
+    if record is None:
+        return False
+    if record["status"] == UNAVAILABLE and record.get("permanent") and not retry_unavailable:
+        return True
+    if record["status"] not in GOOD:
+        return False
+    have = record.get("outputs") or {}
+    return all(have.get(step) == rel for step, rel in expected_outputs.items())
