@@ -1,8 +1,9 @@
 """Pipeline assembly: annotations -> clips -> results -> outputs."""
 import apache_beam as beam
 
-from transforms.clips import ProcessClips
+from transforms.clips import CheckLedger, ComputeFlow, ProcessClips
 from transforms.reader import AnnotationReader, ReadAnnotations
+from transforms.sources import ReadParts, part_urls
 from transforms.writers import WriteOutputs
 
 
@@ -14,8 +15,42 @@ def annotation_reader(settings):
 
 def build(p, settings):
     read = p | "ReadAnnotations" >> ReadAnnotations(settings.annotations, annotation_reader(settings))
-    results = (read.clips
+    checked = (read.clips
                | "Reshuffle" >> beam.Reshuffle()
-               | "ProcessClips" >> beam.ParDo(ProcessClips(settings)))
-    records = (results, read.invalid) | "AllRecords" >> beam.Flatten()
+               | "CheckLedger" >> beam.ParDo(CheckLedger(settings)).with_outputs("todo", main="done"))
+    jobs = checked.todo
+    if settings.source == "cvdf" and "fetch" in settings.steps:
+        jobs = p | "CVDF" >> FromCVDF(settings, checked.todo)
+    results = jobs | "ProcessClips" >> beam.ParDo(ProcessClips(settings))
+    if "flow" in settings.steps:
+        results = (results
+                   | "ReshuffleFlow" >> beam.Reshuffle()
+                   | "ComputeFlow" >> beam.ParDo(ComputeFlow(settings)))
+    records = (checked.done, results, read.invalid) | "AllRecords" >> beam.Flatten()
     return records | "WriteOutputs" >> WriteOutputs(settings, settings.label_map.text())
+
+
+class FromCVDF(beam.PTransform):
+    """Clips that need a video, paired with their members of the CVDF parts: each part streamed once,
+    the clips as a side input by clip id; clips found in no part go on with no payload (missing)."""
+
+    def __init__(self, settings, todo):
+        super().__init__()
+        self.settings = settings
+        self.todo = todo
+
+    def expand(self, pbegin):
+        by_id = self.todo | "ById" >> beam.Map(lambda job: (job[0].clip_id, job))
+        parts = (pbegin
+                 | "PartLists" >> beam.Create([None])
+                 | "PartURLs" >> beam.FlatMap(lambda _, s: part_urls(s.cvdf_parts, s.splits), self.settings)
+                 | "ReshuffleParts" >> beam.Reshuffle()
+                 | "ReadParts" >> beam.ParDo(ReadParts(), beam.pvalue.AsMultiMap(by_id)).with_outputs(
+                     "found", main="jobs"))
+        found = parts.found | "FoundKeys" >> beam.Map(lambda key: (key, True))
+        keyed = self.todo | "ByKey" >> beam.Map(lambda job: (job[0].key, job))
+        unmatched = (({"job": keyed, "found": found})
+                     | "Match" >> beam.CoGroupByKey()
+                     | "Unmatched" >> beam.FlatMap(lambda kv: [] if kv[1]["found"] else kv[1]["job"]))
+        return ((parts.jobs | "ReshuffleClips" >> beam.Reshuffle(), unmatched)
+                | "CVDFJobs" >> beam.Flatten())

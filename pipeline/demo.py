@@ -9,15 +9,19 @@ import av
 import cv2
 import numpy as np
 
-from transforms.reader import class_dir_for, format_clip_id
 
-CLIPS_PER_CLASS = {"train": 3, "val": 1}
+CLIPS_PER_CLASS = {"train": 2, "val": 1}
 SPLIT_FILES = {"train": "train.csv", "val": "validate.csv"}
-DEAD = "dead-video1"  # annotated, but no video exists: a removed YouTube video
+DEAD = "dead-video1"   # annotated, but no source exists: a removed YouTube video
+SHORT = "short-video"  # the source ends 4 s into the annotated 10 s segment
+
+
+BARCODE_BITS = 12
 
 
 def synthetic_video(path, seconds, *, fps=25, width=320, height=240, seed=0, audio=True, crf=20):
-    """Write an H.264 (+AAC) mp4 of moving shapes with the frame number drawn in each frame."""
+    """Write an H.264 (+AAC) mp4 of moving shapes with the frame number drawn in each frame,
+    in digits and as a barcode of BARCODE_BITS blocks along the top (see read_barcode)."""
     rng = np.random.default_rng(seed)
     colour = tuple(int(c) for c in rng.integers(40, 220, 3))
     background = np.zeros((height, width, 3), np.uint8)
@@ -40,6 +44,9 @@ def synthetic_video(path, seconds, *, fps=25, width=320, height=240, seed=0, aud
             cv2.circle(img, (x, y + 10), 22, colour, -1)
             cv2.rectangle(img, ((x * 2) % width, 20), ((x * 2) % width + 30, 60), colour[::-1], -1)
             cv2.putText(img, f"{i:05d}", (8, height - 10), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+            block = width // BARCODE_BITS
+            for bit in range(BARCODE_BITS):
+                img[:block // 2, bit * block:(bit + 1) * block] = 255 if i >> bit & 1 else 0
             frame = av.VideoFrame.from_ndarray(img, format="bgr24")
             frame.pts = i
             frame.time_base = Fraction(1, fps)
@@ -59,6 +66,14 @@ def synthetic_video(path, seconds, *, fps=25, width=320, height=240, seed=0, aud
             out.mux(a.encode(None))
 
 
+def read_barcode(bgr):
+    """The frame number synthetic_video drew into a decoded frame (any size, same aspect)."""
+    h, w = bgr.shape[:2]
+    block = w / BARCODE_BITS
+    row = bgr[max(0, int(block / 4) - 1), :, :].mean(axis=1)
+    return sum(1 << bit for bit in range(BARCODE_BITS) if row[int((bit + 0.5) * block)] > 127)
+
+
 def demo_id(label, split, i):
     """A stable YouTube-style id (11 characters of [A-Za-z0-9_-])."""
     digest = hashlib.sha1(f"{label}/{split}/{i}".encode()).digest()
@@ -73,14 +88,22 @@ def rows(labels):
                 start = 2 + 3 * i
                 out.append((label, demo_id(label, split, i), start, start + 10, split))
     out.append((labels[0], DEAD, 5, 15, "val"))
+    out.append((labels[-1], SHORT, 2, 12, "val"))
     return out
 
 
 def prepare(settings):
-    """Write the demo's annotation CSVs and a crawled tree of its clips, unless already there."""
+    """Write the demo's annotation CSVs and full-length source videos, unless already there."""
     inputs = os.path.dirname(settings.annotations[0])
-    os.makedirs(inputs, exist_ok=True)
+    videos = settings.video_root or os.path.join(inputs, "videos")
+    os.makedirs(videos, exist_ok=True)
     all_rows = rows(list(settings.labels))
+    for n, (label, yid, start, end, split) in enumerate(all_rows):
+        path = os.path.join(videos, f"{yid}.mp4")
+        if yid == DEAD or os.path.exists(path):
+            continue
+        synthetic_video(path + ".tmp.mp4", 6 if yid == SHORT else end + 2, fps=15, seed=n)
+        os.replace(path + ".tmp.mp4", path)
     for split, name in SPLIT_FILES.items():
         path = os.path.join(inputs, name)
         if os.path.exists(path):
@@ -91,15 +114,3 @@ def prepare(settings):
             w.writerows((lab, yid, s, e, "validate" if sp == "val" else sp)
                         for lab, yid, s, e, sp in all_rows if sp == split)
         os.replace(path + ".tmp", path)
-    for n, (label, yid, start, end, split) in enumerate(all_rows):
-        if yid == DEAD:
-            continue
-        clip = format_clip_id(yid, start, end, settings.trim_format)
-        folder = os.path.join(settings.output, f"videos_{split}")
-        if not settings.flat:
-            folder = os.path.join(folder, class_dir_for(label, settings.class_dirs))
-        path = os.path.join(folder, clip + ".mp4")
-        if not os.path.exists(path):
-            os.makedirs(folder, exist_ok=True)
-            synthetic_video(path + ".tmp.mp4", end - start, seed=n)
-            os.replace(path + ".tmp.mp4", path)

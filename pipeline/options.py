@@ -17,7 +17,8 @@ from transforms.reader import LabelMap, check_trim_format
 from transforms.records import SPLITS
 
 STEPS = ("fetch", "resize", "rgb", "flow", "shards", "filelists")
-AVAILABLE_STEPS = ("filelists",)
+AVAILABLE_STEPS = ("fetch", "resize", "rgb", "flow", "filelists")
+SOURCES = ("local", "cvdf")
 DATASETS = ("kinetics400", "kinetics600", "kinetics700", "kinetics700_2020", "demo")
 
 
@@ -45,6 +46,25 @@ class Settings:
     filelist_format: str = "txt"
     progress_interval: float = 10.0
     redo: bool = False
+    retry_unavailable: bool = False
+    source: str = "local"
+    video_root: str = None
+    cvdf_parts: object = None
+    trim: str = "exact"
+    trim_preset: str = "veryfast"
+    trim_crf: int = 21
+    scale: int = 256
+    dense: bool = True
+    remove_dup: bool = False
+    upscale: bool = True
+    x264_preset: str = "veryfast"
+    crf: int = 21
+    new_short: int = 256
+    new_width: int = 0
+    new_height: int = 0
+    frame_index_base: int = 1
+    flow_algorithm: str = "tvl1"
+    flow_bound: float = 20.0
     demo: bool = False
     run_id: str = ""
 
@@ -75,10 +95,38 @@ OPTIONS = {
     "seed": (int, None, "random seed for --shuffle (random.seed(N); random.shuffle(lines))"),
     "filelist_format": (("txt", "json"), "txt", "file list format"),
     "redo": (bool, False, "ignore the ledger and redo every clip (re-verify a tree that changed)"),
+    "source": (SOURCES, "local", "where the fetch step gets clips: local (files under --video-root: "
+                                 "{clip}.*, {class}/{clip}.* or full-length {youtube_id}.*) or cvdf (the "
+                                 "CVDF .tar.gz parts: the dataset's part lists, or a folder of parts "
+                                 "given as --video-root)"),
+    "video_root": (str, None, "local dir or URL holding the source videos (or CVDF parts)"),
+    "trim": (("exact", "copy"), "exact", "exact: frames in [start, end), re-encoded unless the source "
+                                         "already is the clip; copy: stream copy from the keyframe "
+                                         "before start (faster, not exact)"),
+    "trim_preset": (str, "veryfast", "x264 preset of the trimmed clip's re-encode"),
+    "trim_crf": (int, 21, "x264 CRF of the trimmed clip's re-encode"),
+    "scale": (int, 256, "short edge of the resized clip"),
+    "dense": (bool, True, "resized clip with a keyframe every 16 frames (MMAction2 --dense); "
+                          "--no-dense for x264's default and the videos_{split}_{S}p dir"),
+    "remove_dup": (bool, False, "drop duplicate frames from the resized clip, frames and flow "
+                                "(mpdecimate, variable frame rate)"),
+    "upscale": (bool, True, "upscale inputs smaller than --scale as ffmpeg does; --no-upscale keeps "
+                            "them (denseflow)"),
+    "x264_preset": (str, "veryfast", "x264 preset of the resized clip"),
+    "crf": (int, 21, "x264 CRF of the resized clip"),
+    "new_short": (int, 256, "short edge of RGB/flow frames (MMAction2's OpenCV rounding); 0 = "
+                            "original size"),
+    "new_width": (int, 0, "fixed frame width (with --new-height)"),
+    "new_height": (int, 0, "fixed frame height (with --new-width)"),
+    "frame_index_base": (int, 1, "number of the first img_/flow_ file: 1 (MMAction2) or 0 (denseflow)"),
+    "flow_algorithm": (("tvl1", "tvl1-fast", "farneback", "dis"), "tvl1",
+                       "optical flow: tvl1 (OpenCV DualTVL1 defaults, denseflow-compatible), tvl1-fast "
+                       "(epsilon 0.03), farneback, dis (DIS medium)"),
+    "flow_bound": (float, 20.0, "flow quantisation bound (denseflow -b)"),
     "label_map": (str, None, "label map file (one label per line); default: the dataset's own"),
     "progress_interval": (float, 10.0, "seconds between progress lines (at least 10)"),
 }
-DATASET_KEYS = {"name", "label_map", "annotation_sets", "demo"}
+DATASET_KEYS = {"name", "label_map", "annotation_sets", "cvdf_parts", "demo"}
 
 
 def config_dir():
@@ -168,9 +216,11 @@ def build_parser():
         text = text.replace("%", "%%")
         shown = shown.replace("%", "%%")
         if kind is bool:
-            parser.add_argument(_flag(name), dest=name, action="store_true", default=None, help=text)
-            parser.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_false",
-                                help=argparse.SUPPRESS)
+            no = "--no-" + name.replace("_", "-")
+            parser.add_argument(_flag(name), dest=name, action="store_true", default=None,
+                                help=argparse.SUPPRESS if default else text)
+            parser.add_argument(no, dest=name, action="store_false",
+                                help=text + " (default on)" if default else argparse.SUPPRESS)
         elif isinstance(kind, tuple):
             parser.add_argument(_flag(name), dest=name, choices=kind, help=text + shown)
         elif kind is list:
@@ -277,7 +327,31 @@ def _settings(m, args, layers):
     if unknown:
         raise UsageError(f"--classes: not in the {name} label map: {', '.join(unknown)}")
 
+    if any(step in steps for step in ("fetch",)) and m["source"] == "local" and not m["video_root"]:
+        raise UsageError("--source local needs --video-root DIR_OR_URL")
+    cvdf_parts = None
+    if m["source"] == "cvdf" and "fetch" in steps:
+        cvdf_parts = m["video_root"] or next((layer["cvdf_parts"] for layer in reversed(layers)
+                                              if layer.get("cvdf_parts")), None)
+        if not cvdf_parts:
+            raise UsageError(f"--source cvdf: {name} has no CVDF part lists; pass --video-root with "
+                             "a folder of parts")
+    if m["frame_index_base"] not in (0, 1):
+        raise UsageError("--frame-index-base must be 0 or 1")
+    if bool(m["new_width"]) != bool(m["new_height"]):
+        raise UsageError("--new-width and --new-height go together")
+    for key in ("scale", "trim_crf", "crf", "new_short", "new_width", "new_height"):
+        if m[key] < 0:
+            raise UsageError(f"--{key.replace('_', '-')} must be >= 0")
+    if m["scale"] < 2 or m["flow_bound"] <= 0:
+        raise UsageError("--scale must be >= 2 and --flow-bound > 0")
+    video = {k: m[k] for k in ("source", "trim", "trim_preset", "trim_crf", "scale", "dense", "remove_dup",
+                               "upscale", "x264_preset", "crf", "new_short", "new_width", "new_height",
+                               "frame_index_base", "flow_algorithm", "flow_bound")}
+    video_root = storage.normalize(m["video_root"]) if m["video_root"] else None
+
     return Settings(
+        **video, video_root=video_root, cvdf_parts=cvdf_parts,
         dataset=name, labels=labels, annotations=tuple(annotations),
         output=storage.normalize(m["output"]), splits=tuple(splits), classes=tuple(classes),
         limit=m["limit"], steps=tuple(steps), trim_format=m["trim_format"],

@@ -57,8 +57,9 @@ class Progress(threading.Thread):
         changed = [u for u, s in listing.items() if self.seen.get(u) != s]
         for url, rec in self.ledger.read_many(changed).items():
             if rec.get("run_id") == self.settings.run_id:
-                self.this_run[url] = rec["status"]
-                self.skipped.discard(url)
+                if rec["status"] not in GOOD or is_complete(rec, self.expected(self.wanted[url])):
+                    self.this_run[url] = rec["status"]
+                    self.skipped.discard(url)
             elif baseline and is_complete(rec, self.expected(self.wanted[url])):
                 self.skipped.add(url)
         self.seen.update(listing)

@@ -1,18 +1,48 @@
-"""The per-clip stage: skip what the ledger says is done, do the clip's steps, record the result."""
+"""The per-clip stages.
+
+CheckLedger skips what the ledger holds as complete; ProcessClips makes the trimmed clip, the
+resized clip and RGB frames from one decode of the clip's source; ComputeFlow adds optical flow
+as a stage of its own. Every record is in the ledger before it is emitted.
+"""
+import os
 import time
 
 import apache_beam as beam
+import cv2
 from apache_beam.metrics import Metrics
 
 from transforms import storage
+from transforms.flow import grey_frames, write_flow
 from transforms.layout import Layout
 from transforms.ledger import Ledger, is_complete
-from transforms.records import EXISTS, FAILED, MISSING, OK
-from transforms.video import VideoError, probe
+from transforms.records import EXISTS, FAILED, GOOD, MISSING, OK, Clip
+from transforms.sources import Found, find_local, materialize, write_member
+from transforms.video import Segment, VideoError, VideoOptions, display_size, frame_size, probe, process
+
+STEP_KINDS = (("fetch", "video"), ("resize", "resized"), ("rgb", "rgb"), ("flow", "flow"))
+DECODED_KINDS = ("video", "resized", "rgb")
+PREFIXES = {"rgb": ("img_",), "flow": ("flow_x_", "flow_y_")}
 
 
 def layout_for(settings):
-    return Layout(settings.output, flat=settings.flat)
+    return Layout(settings.output, flat=settings.flat, scale=settings.scale, dense=settings.dense)
+
+
+def video_options(settings):
+    return VideoOptions(
+        trim=settings.trim, trim_preset=settings.trim_preset, trim_crf=settings.trim_crf,
+        scale=settings.scale, dense=settings.dense, remove_dup=settings.remove_dup,
+        upscale=settings.upscale, preset=settings.x264_preset, crf=settings.crf,
+        new_short=settings.new_short, new_width=settings.new_width, new_height=settings.new_height,
+        frame_index_base=settings.frame_index_base, min_duration_ratio=settings.min_duration_ratio)
+
+
+def expected_outputs(clip, settings):
+    """{output kind: relative path} that this run's steps must leave for the clip."""
+    layout = layout_for(settings)
+    paths = {"video": layout.video(clip), "resized": layout.resized(clip),
+             "rgb": layout.rawframes(clip), "flow": layout.rawframes(clip)}
+    return {kind: paths[kind] for step, kind in STEP_KINDS if step in settings.steps}
 
 
 def count_frames(layout, clip):
@@ -51,22 +81,121 @@ def existing_outputs(clip, settings):
     return clip.record(EXISTS, "", outputs=outputs, **fields)
 
 
-def expected_outputs(clip, settings):
-    """{output kind: relative path} that this run's steps must leave for the clip."""
-    return {}
+def kept_outputs(prev, expected):
+    if not prev or prev["status"] not in GOOD:
+        return {}
+    return {k: v for k, v in (prev.get("outputs") or {}).items() if expected.get(k) == v}
 
 
-def process_clip(clip, settings):
-    """Run the clip's steps; a plain function returning the clip's record."""
-    return existing_outputs(clip, settings)
+class LocalVideos:
+    """Clips from existing files under --video-root."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def __call__(self, clip, workdir):
+        found = find_local(self.root, clip)
+        if found is None:
+            raise VideoError(MISSING, f"no video for {clip.clip_id} under {self.root}")
+        return segment_of(clip, found, workdir)
+
+
+def not_in_parts(clip, workdir):
+    raise VideoError(MISSING, f"no {clip.clip_id}.* in the CVDF parts")
+
+
+def segment_of(clip, found, workdir):
+    path = materialize(found.url, workdir)
+    if found.whole:
+        return Segment(path, 0.0, clip.duration, whole=True), found.url
+    return Segment(path, clip.time_start, clip.time_end), found.url
+
+
+def trimmed_in_tree(clip, layout, workdir):
+    """The clip's own trimmed video, made earlier or by another tool, as the source."""
+    url = layout.url(layout.video(clip))
+    if not storage.exists(url):
+        raise VideoError(MISSING, f"no video at {layout.video(clip)} (add the fetch step to make it)")
+    return segment_of(clip, Found(url, True), workdir)
+
+
+def publish(kind, local, url):
+    """Put a finished output in place whole; returns its bytes."""
+    if kind in PREFIXES:
+        return storage.publish_dir(local, url, PREFIXES[kind])
+    storage.put_file(local, url)
+    return os.path.getsize(local)
+
+
+def process_clip(clip, settings, source=None, prev=None, payload=None):
+    """Make the clip's trimmed clip, resized clip and RGB frames (whichever the steps ask for and
+    are not already done) from one decode of its source; returns the clip's record."""
+    expected = expected_outputs(clip, settings)
+    have = kept_outputs(prev, expected)
+    todo = [k for k in DECODED_KINDS if k in expected and k not in have]
+    if not todo:
+        return prev if have else existing_outputs(clip, settings)
+    layout = layout_for(settings)
+    started = time.perf_counter()
+    with storage.local_staging() as work:
+        try:
+            if "video" not in todo:
+                segment, name = trimmed_in_tree(clip, layout, work)
+            elif payload is not None:
+                member, data = payload
+                segment, name = Segment(write_member(data, work, member), 0.0, clip.duration, whole=True), member
+            else:
+                segment, name = source(clip, work)
+            fetched = time.perf_counter() - started
+            result = process(segment, todo, video_options(settings), work)
+        except VideoError as e:
+            return clip.record(e.status, e.reason)
+        record = dict(prev) if have else {}
+        outputs, sizes = dict(have), dict(record.get("sizes") or {})
+        for kind, local in result.pop("files").items():
+            sizes[kind] = publish(kind, local, layout.url(expected[kind]))
+            outputs[kind] = expected[kind]
+    seconds = {"fetch": round(fetched, 3), **result.pop("seconds")}
+    record.update(clip.record(OK, "", source=name, outputs=outputs, sizes=sizes, seconds=seconds, **result))
+    return record
+
+
+def add_flow(record, settings):
+    """Optical flow for a finished clip, from its resized clip (else its trimmed clip)."""
+    expected = expected_outputs(Clip.from_record(record), settings)
+    outputs = record.get("outputs") or {}
+    if "flow" not in expected or record["status"] not in GOOD or outputs.get("flow") == expected["flow"]:
+        return record
+    layout = layout_for(settings)
+    source = outputs.get("resized") or outputs.get("video")
+    if not source:
+        return dict(record, status=MISSING, reason="flow: no video to compute it from")
+    started = time.perf_counter()
+    size = record.get("frame_size")
+    with storage.local_staging() as work:
+        path = materialize(layout.url(source), work)
+        if size is None:
+            shown = (record["width"], record["height"]) if record.get("width") else display_size(path)
+            size = frame_size(*shown, video_options(settings))
+        frames = grey_frames(path, size, remove_dup=settings.remove_dup and "resized" not in outputs)
+        try:
+            pairs, _ = write_flow(frames, os.path.join(work, "flow"), algorithm=settings.flow_algorithm,
+                                  bound=settings.flow_bound, index_base=settings.frame_index_base)
+        except Exception as e:  # noqa: BLE001 - PyAV decode errors and OpenCV errors alike
+            return dict(record, status="corrupt", reason=f"flow: {type(e).__name__}: {e}")
+        written = publish("flow", os.path.join(work, "flow"), layout.url(expected["flow"]))
+    seconds = dict(record.get("seconds") or {}, flow=round(time.perf_counter() - started, 3))
+    return dict(record, status=OK, outputs=dict(outputs, flow=expected["flow"]), flow_frames=pairs,
+                frame_size=list(size), sizes=dict(record.get("sizes") or {}, flow=written), seconds=seconds)
 
 
 def count(record):
     Metrics.counter("clips", f"{record['split']}.{record['status']}").inc()
 
 
-class ProcessClips(beam.DoFn):
-    """Clips in, records out; every record is in the ledger before it is emitted."""
+class CheckLedger(beam.DoFn):
+    """Clips in; `exists` records for clips the ledger holds as complete, (clip, earlier record)
+    on the `todo` output for the rest."""
 
     def __init__(self, settings):
         self.settings = settings
@@ -76,18 +205,62 @@ class ProcessClips(beam.DoFn):
 
     def process(self, clip):
         prev = None if self.settings.redo else self.ledger.read(clip.key)
-        if is_complete(prev, expected_outputs(clip, self.settings)):
+        if is_complete(prev, expected_outputs(clip, self.settings), self.settings.retry_unavailable):
             record = dict(prev, status=EXISTS if prev["status"] == OK else prev["status"])
             count(record)
             yield record
-            return
-        started = time.monotonic()
+        else:
+            yield beam.pvalue.TaggedOutput("todo", (clip, prev))
+
+
+class _Recording(beam.DoFn):
+    def __init__(self, settings):
+        self.settings = settings
+
+    def setup(self):
+        cv2.setNumThreads(1)
+        self.ledger = Ledger(self.settings.output)
+
+    def finish(self, record, started, last_step):
+        seconds = dict(record.get("seconds") or {})
+        seconds["total"] = round(seconds.get("total", 0) + time.perf_counter() - started, 3)
+        record = dict(record, seconds=seconds, run_id=self.settings.run_id)
+        self.ledger.write(record)
+        if last_step:
+            count(record)
+        return record
+
+
+class ProcessClips(_Recording):
+    """(clip, earlier record[, (member, bytes)]) in; records out."""
+
+    def setup(self):
+        super().setup()
+        s = self.settings
+        self.source = LocalVideos(s.video_root) if s.source == "local" else not_in_parts
+
+    def process(self, job):
+        clip, prev, *payload = job
+        started = time.perf_counter()
         try:
-            record = process_clip(clip, self.settings)
+            record = process_clip(clip, self.settings, self.source, prev, payload[0] if payload else None)
         except Exception as e:  # noqa: BLE001 - one clip's bug must not stop the run
             record = clip.record(FAILED, f"{type(e).__name__}: {e}")
-        record.setdefault("seconds", {})["total"] = round(time.monotonic() - started, 3)
-        record["run_id"] = self.settings.run_id
-        self.ledger.write(record)
-        count(record)
-        yield record
+        flow_pending = "flow" in self.settings.steps and record["status"] in GOOD
+        yield self.finish(record, started, not flow_pending)
+
+
+class ComputeFlow(_Recording):
+    """Records in; records with optical flow out."""
+
+    def process(self, record):
+        started = time.perf_counter()
+        try:
+            updated = add_flow(record, self.settings)
+        except Exception as e:  # noqa: BLE001
+            updated = dict(record, status=FAILED, reason=f"flow: {type(e).__name__}: {e}")
+        if updated is record:
+            count(record)
+            yield record
+        else:
+            yield self.finish(updated, started, True)

@@ -99,6 +99,22 @@ def open_input(url):
     return fsspec.open(url, "rb", **kwargs).open()
 
 
+def publish_dir(local_dir, url, prefixes):
+    """Put every file of local_dir into the directory `url`, each whole, then remove the files
+    there with one of `prefixes` that the new set lacks (left by an earlier run). Returns bytes."""
+    names = sorted(os.listdir(local_dir))
+    stale = [n for n in listdir_names(url) if n.startswith(tuple(prefixes)) and n not in set(names)]
+    if is_local(url):
+        for name in names:
+            put_file(os.path.join(local_dir, name), join(url, name))
+    else:
+        fs, path = filesystem(url)
+        fs.put([os.path.join(local_dir, n) for n in names], [f"{path}/{n}" for n in names])
+    for name in stale:
+        remove(join(url, name))
+    return sum(os.path.getsize(os.path.join(local_dir, n)) for n in names)
+
+
 def read_bytes(url):
     fs, path = filesystem(url)
     return fs.cat_file(path)

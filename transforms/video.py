@@ -1,9 +1,28 @@
-"""Opening, probing and verifying videos with PyAV."""
+"""One decode of a source clip into the trimmed clip, the resized clip and RGB frames.
+
+The source is decoded once at full resolution; every frame whose timestamp lies in
+[start, end) goes to the outputs that were asked for:
+
+* video:   the exact segment as H.264 at source resolution, audio kept (copied when the
+           codec fits MP4, else AAC); a source that already is the segment is remuxed.
+* resized: short edge `scale` after rotation, the other side as ffmpeg's `scale=-2:S` rounds it,
+           a keyframe every 16 frames when dense, no audio.
+* rgb:     img_00001.jpg... at MMAction2's OpenCV size rules, JPEG quality 95.
+"""
 import contextlib
+import dataclasses
+import os
+import time
+from fractions import Fraction
 
 import av
+import cv2
+import numpy as np
 
 from transforms import storage
+
+MP4_AUDIO = {"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}
+EPS = 1e-6
 
 
 class VideoError(Exception):
@@ -13,6 +32,526 @@ class VideoError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoOptions:
+    trim: str = "exact"
+    trim_preset: str = "veryfast"
+    trim_crf: int = 21
+    scale: int = 256
+    dense: bool = True
+    remove_dup: bool = False
+    upscale: bool = True
+    preset: str = "veryfast"
+    crf: int = 21
+    new_short: int = 256
+    new_width: int = 0
+    new_height: int = 0
+    frame_index_base: int = 1
+    jpeg_quality: int = 95
+    min_duration_ratio: float = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Where a clip lies in a local media file: [start, end) in seconds from its first timestamp."""
+    path: str
+    start: float
+    end: float
+    whole: bool = False  # the file already is the clip: remux it rather than re-encode
+
+
+def scaled_size(w, h, short, upscale=True):
+    """ffmpeg's `scale=-2:S` for landscape, `scale=S:-2` otherwise (av_rescale rounding)."""
+    if not upscale and min(w, h) <= short:
+        return w - w % 2, h - h % 2
+    if w > h:
+        return (short * w + h) // (2 * h) * 2, short
+    return short, (short * h + w) // (2 * w) * 2
+
+
+def frame_size(w, h, opts):
+    """MMAction2's OpenCV rules: a fixed W x H, short edge S with the long side truncated, or as is."""
+    if opts.new_width and opts.new_height:
+        return opts.new_width, opts.new_height
+    s = opts.new_short
+    if not s:
+        return w, h
+    return (s, int(s * h / w)) if w < h else (int(s * w / h), s)
+
+
+def frame_name(prefix, i, base):
+    return f"{prefix}{i + base:05d}.jpg"
+
+
+def _rotated(rotation):
+    return rotation % 180 != 0
+
+
+def _sar(stream):
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    return Fraction(sar) if sar else Fraction(1)
+
+
+def to_display(frame, w, h, fmt, rotation, interpolation):
+    """`frame` scaled to the displayed w x h (rotation applied) as a VideoFrame of `fmt`."""
+    if not rotation:
+        return frame.reformat(w, h, fmt, interpolation=interpolation)
+    cw, ch = (h, w) if _rotated(rotation) else (w, h)
+    img = frame.reformat(cw, ch, "bgr24", interpolation=interpolation).to_ndarray()
+    img = np.ascontiguousarray(np.rot90(img, k=rotation // 90))
+    return av.VideoFrame.from_ndarray(img, format="bgr24")
+
+
+def luma(frame):
+    """The Y plane of a decoded frame as an array (no copy for the usual 8-bit formats)."""
+    if frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "nv12", "gray"):
+        plane = frame.planes[0]
+        return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
+    return frame.to_ndarray(format="gray")
+
+
+class Decimate:
+    """ffmpeg's mpdecimate (hi 768, lo 320, frac 0.33 on 8x8 blocks of luma): drop near-duplicates."""
+
+    def __init__(self, hi=64 * 12, lo=64 * 5, frac=0.33):
+        self.hi, self.lo, self.frac = hi, lo, frac
+        self.last = None
+
+    def keep(self, y):
+        h, w = (y.shape[0] // 8) * 8, (y.shape[1] // 8) * 8
+        y = y[:h, :w].astype(np.int16)
+        if self.last is not None and self.last.shape == y.shape:
+            sad = np.abs(y - self.last).reshape(h // 8, 8, w // 8, 8).sum(axis=(1, 3))
+            if sad.max() <= self.hi and (sad > self.lo).sum() <= self.frac * sad.size:
+                return False
+        self.last = y
+        return True
+
+
+class BestEffort:
+    """ffmpeg's guess_correct_pts: trust pts unless it has gone backwards more often than dts
+    (AVI with B-frames), and never let timestamps repeat."""
+
+    def __init__(self):
+        self.pts_faults = self.dts_faults = 0
+        self.last_pts = self.last_dts = self.last = None
+
+    def __call__(self, frame):
+        pts, dts = frame.pts, frame.dts
+        if dts is not None:
+            self.dts_faults += self.last_dts is not None and dts <= self.last_dts
+            self.last_dts = dts
+        if pts is not None:
+            self.pts_faults += self.last_pts is not None and pts <= self.last_pts
+            self.last_pts = pts
+        ts = pts if pts is not None and (self.pts_faults <= self.dts_faults or dts is None) else dts
+        if ts is None or (self.last is not None and ts <= self.last):
+            ts = None if self.last is None else self.last + 1
+        self.last = ts
+        return ts
+
+
+class WriteError(Exception):
+    """An output could not be encoded or written (our side, not the source's)."""
+
+
+class _Timer:
+    """Times an output's work, and tells its errors apart from the source's decode errors."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def __call__(self):
+        t = time.perf_counter()
+        try:
+            yield
+        except (av.error.FFmpegError, OSError, ValueError) as e:
+            raise WriteError(f"cannot write the {self.kind}: {e}") from None
+        finally:
+            self.seconds += time.perf_counter() - t
+
+
+def _standard_layout(layout):
+    """A named channel layout AAC accepts (sources sometimes carry only a channel count)."""
+    if not layout.name.endswith("channels"):
+        return layout.name
+    return {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}.get(
+        layout.nb_channels, "stereo")
+
+
+def _x264(out, vs, width, height, preset, crf, sar):
+    stream = out.add_stream("libx264", rate=vs.average_rate or vs.guessed_rate or 25)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.time_base = vs.time_base
+    stream.options = {"preset": preset, "crf": str(crf), "threads": "1"}
+    if sar != 1:
+        stream.sample_aspect_ratio = sar
+    return stream
+
+
+class _Trimmed:
+    """The exact segment, timestamps from 0: re-encoded frames, or copied packets (`remux`: the
+    whole file; `copy`: from the keyframe at or before start), plus audio copied or as AAC."""
+
+    def __init__(self, path, vs, audio, opts, mode, span):
+        self.timer = _Timer("trimmed clip")
+        self.mode = mode  # encode | remux | copy
+        self.a, self.b, self.t0 = span
+        with self.timer():
+            self._open(path, vs, audio, opts)
+        self.gop, self.kept = [], []
+        self.copying = self.done = False
+
+    def _open(self, path, vs, audio, opts):
+        self.out = av.open(path, "w", format="mp4")
+        if self.mode == "encode":
+            cc = vs.codec_context
+            self.video = _x264(self.out, vs, cc.width, cc.height, opts.trim_preset, opts.trim_crf, _sar(vs))
+        else:
+            self.video = self.out.add_stream_from_template(vs)
+        self.audio = self.transcode = None
+        if audio is not None:
+            if audio.codec_context.codec.canonical_name in MP4_AUDIO:
+                self.audio = self.out.add_stream_from_template(audio)
+            else:
+                layout = _standard_layout(audio.layout)
+                self.audio = self.transcode = self.out.add_stream("aac", rate=audio.rate)
+                self.audio.layout, self.audio.format = layout, "fltp"
+                self.resampler = av.AudioResampler(format="fltp", layout=layout, rate=audio.rate)
+
+    def _time(self, ts, packet):
+        return Fraction(ts) * packet.time_base - self.t0
+
+    def set_rotation(self, rotation):
+        if rotation and self.mode == "encode":
+            self.video.set_display_rotation(rotation)
+
+    def frame(self, frame, pts):
+        with self.timer():
+            frame.pts = pts
+            for p in self.video.encode(frame):
+                self.out.mux(p)
+
+    def video_packet(self, packet):
+        """Keep the packets a copy needs: all for remux; for copy the GOP holding start, to end."""
+        if self.mode == "remux":
+            self.kept.append(packet)
+        elif self.mode == "copy" and not self.done:
+            t = self._time(packet.dts, packet)
+            if self.copying:
+                if t >= self.b - EPS:
+                    self.done = True
+                else:
+                    self.kept.append(packet)
+                return
+            if packet.is_keyframe:
+                self.gop = [packet]
+            elif self.gop:
+                self.gop.append(packet)
+            if self.gop and t >= self.a - EPS:
+                self.copying, self.kept, self.gop = True, self.gop, []
+
+    def audio_packet(self, packet):
+        if self.audio is None or packet.pts is None:
+            return
+        t = self._time(packet.pts, packet)
+        lead = 30 if self.mode == "copy" else 0
+        if self.mode != "remux" and not (self.a - lead - EPS <= t < self.b - EPS):
+            return
+        if self.transcode is None:
+            self.kept.append(packet)
+            return
+        for frame in packet.decode():
+            with self.timer():
+                for chunk in self.resampler.resample(frame):
+                    chunk.pts = None
+                    for p in self.transcode.encode(chunk):
+                        self.out.mux(p)
+
+    def close(self):
+        with self.timer():
+            if self.mode == "encode":
+                for p in self.video.encode(None):
+                    self.out.mux(p)
+            if self.transcode is not None:
+                for p in self.transcode.encode(None):
+                    self.out.mux(p)
+            self._mux_kept()
+            self.out.close()
+
+    def _mux_kept(self):
+        """Copied packets, shifted so that the clip (or the snapped keyframe) starts at 0."""
+        videos = [p for p in self.kept if p.stream.type == "video"]
+        if self.mode == "remux":
+            start = self.t0
+        elif self.mode == "copy" and videos:
+            start = self.t0 + min(self._time(p.pts, p) for p in videos if p.pts is not None)
+        else:
+            start = self.t0 + self.a
+        for p in sorted(self.kept, key=lambda p: self._time(p.dts if p.dts is not None else p.pts, p)):
+            if p.stream.type == "audio" and self.mode == "copy" and self._time(p.pts, p) + self.t0 < start - EPS:
+                continue
+            shift = int(round(start / p.time_base))
+            target = self.video if p.stream.type == "video" else self.audio
+            p.pts = None if p.pts is None else p.pts - shift
+            p.dts = None if p.dts is None else p.dts - shift
+            p.stream = target
+            self.out.mux(p)
+
+
+class _Resized:
+    def __init__(self, path, w, h, sar, vs, opts):
+        self.timer = _Timer("resized clip")
+        self.size = (w, h)
+        self.frames = 0
+        with self.timer():
+            self.out = av.open(path, "w", format="mp4")
+            self.video = _x264(self.out, vs, w, h, opts.preset, opts.crf, sar)
+            if opts.dense:
+                self.video.codec_context.gop_size = 16
+
+    def frame(self, frame, pts, rotation):
+        with self.timer():
+            small = to_display(frame, *self.size, "yuv420p", rotation, "BICUBIC")
+            small.pts, small.time_base = pts, frame.time_base
+            for p in self.video.encode(small):
+                self.out.mux(p)
+            self.frames += 1
+
+    def close(self):
+        with self.timer():
+            for p in self.video.encode(None):
+                self.out.mux(p)
+            self.out.close()
+
+
+class _Frames:
+    def __init__(self, folder, w, h, opts):
+        self.timer = _Timer("RGB frames")
+        self.folder, self.size, self.opts = folder, (w, h), opts
+        os.makedirs(folder, exist_ok=True)
+        self.count = 0
+        self.bytes = 0
+        self.params = [cv2.IMWRITE_JPEG_QUALITY, opts.jpeg_quality]
+
+    def frame(self, frame, rotation):
+        with self.timer():
+            img = to_display(frame, *self.size, "bgr24", rotation, "BILINEAR").to_ndarray()
+            ok, data = cv2.imencode(".jpg", img, self.params)
+            name = frame_name("img_", self.count, self.opts.frame_index_base)
+            with open(os.path.join(self.folder, name), "wb") as f:
+                f.write(data)
+            self.count += 1
+            self.bytes += len(data)
+
+
+def _is_whole(container, vs, segment):
+    """A file that already is the clip (named by clip id) and not much longer than it."""
+    if not segment.whole:
+        return False
+    duration = vs.duration * vs.time_base if vs.duration else (container.duration or 0) / 1e6
+    return float(duration) <= segment.end - segment.start + 0.5
+
+
+def _plan(vs, whole, opts):
+    """How the trimmed clip is made: remux a whole H.264 clip, copy packets, or encode."""
+    h264 = vs.codec_context.name == "h264"
+    if whole and h264:
+        return "remux"
+    if opts.trim == "copy" and h264:
+        return "copy"
+    return "encode"
+
+
+def process(segment, want, opts, workdir):
+    """Decode `segment` once and write the outputs in `want` (video, resized, rgb) under workdir.
+
+    Returns {"files": {kind: local path}, facts for the record...}; raises VideoError for a clip
+    that is corrupt, short or absent, leaving whatever it wrote for the caller to delete.
+    """
+    try:
+        return _process(segment, set(want), opts, workdir)
+    except av.error.FileNotFoundError:
+        raise VideoError("missing", "no such file") from None
+    except WriteError as e:
+        raise VideoError("failed", str(e)) from None
+    except av.error.FFmpegError as e:
+        raise VideoError("corrupt", f"cannot read the source: {e}") from None
+
+
+def _process(segment, want, opts, workdir):
+    started = time.perf_counter()
+    with av.open(segment.path, metadata_errors="ignore") as container:
+        if not container.streams.video:
+            raise VideoError("corrupt", "no video stream")
+        vs = container.streams.video[0]
+        vs.codec_context.thread_count = 1
+        audio = container.streams.audio[0] if container.streams.audio else None
+        t0 = Fraction(container.start_time or 0, 1_000_000)
+        a, b = Fraction(segment.start).limit_denominator(10**6), Fraction(segment.end).limit_denominator(10**6)
+        whole = _is_whole(container, vs, segment)
+        mode = _plan(vs, whole, opts) if "video" in want else None
+        shift = int(round((a + t0) / vs.time_base))
+        files = {}
+        trimmed = resized = frames = None
+        if mode:
+            files["video"] = os.path.join(workdir, "video.mp4")
+            trimmed = _Trimmed(files["video"], vs, audio, opts, mode, (a, b, t0))
+        writers = [trimmed] if trimmed else []
+        decimate = Decimate() if opts.remove_dup else None
+        first = last = None
+        count = kept = decoded = 0
+        timestamp = BestEffort()
+        rotation = 0
+        streams = [vs] + ([audio] if audio is not None and trimmed is not None else [])
+        try:
+            for packet in container.demux(*streams):
+                if packet.stream.type == "audio":
+                    trimmed.audio_packet(packet)
+                    continue
+                if mode in ("remux", "copy") and packet.dts is not None:
+                    trimmed.video_packet(packet)
+                for frame in packet.decode():
+                    decoded += 1
+                    pts = timestamp(frame)
+                    if pts is None:
+                        continue
+                    t = Fraction(pts) * vs.time_base - t0
+                    if t < a - EPS or (not whole and t >= b - EPS):
+                        continue
+                    if first is None:
+                        first = t
+                        rotation = frame.rotation or 0
+                        if trimmed:
+                            trimmed.set_rotation(rotation)
+                        dw, dh = (vs.codec_context.height, vs.codec_context.width) if _rotated(rotation) \
+                            else (vs.codec_context.width, vs.codec_context.height)
+                        if "resized" in want:
+                            files["resized"] = os.path.join(workdir, "resized.mp4")
+                            rw, rh = scaled_size(dw, dh, opts.scale, opts.upscale)
+                            sar = _sar(vs)
+                            sar = 1 / sar if _rotated(rotation) else sar
+                            resized = _Resized(files["resized"], rw, rh, sar * Fraction(rh * dw, rw * dh), vs, opts)
+                            writers.append(resized)
+                        if "rgb" in want:
+                            files["rgb"] = os.path.join(workdir, "rgb")
+                            frames = _Frames(files["rgb"], *frame_size(dw, dh, opts), opts)
+                    last = t
+                    count += 1
+                    if decimate is None or decimate.keep(luma(frame)):
+                        kept += 1
+                        if resized:
+                            resized.frame(frame, pts - shift, rotation)
+                        if frames:
+                            frames.frame(frame, rotation)
+                    if mode == "encode":
+                        trimmed.frame(frame, pts - shift)
+        except av.error.FFmpegError as e:
+            _close_quietly(writers)
+            at = f" at {float(last):.2f} s" if last is not None else ""
+            raise VideoError("corrupt", f"decode error after {decoded} frames{at}: {e}") from None
+        except BaseException:
+            _close_quietly(writers)
+            raise
+        for writer in writers:
+            writer.close()
+        if count == 0:
+            if decoded == 0:
+                raise VideoError("corrupt", "no decodable video frame")
+            raise VideoError("short", f"no frame in [{float(a):g}, {float(b):g}) s of the source")
+        rate = vs.average_rate or vs.guessed_rate
+        step = 1 / Fraction(rate) if rate else Fraction(0)
+        covered = float(last - first + step)
+        wanted = float(b - a)
+        if covered < opts.min_duration_ratio * wanted:
+            raise VideoError("short", f"{covered:.2f} s of {wanted:g} s annotated")
+        dw, dh = (vs.codec_context.height, vs.codec_context.width) if _rotated(rotation) \
+            else (vs.codec_context.width, vs.codec_context.height)
+        facts = {"frames": count, "width": dw, "height": dh, "duration": round(covered, 3),
+                 "fps": round(float(rate), 3) if rate else None}
+        seconds = {}
+        if trimmed:
+            seconds["trim"] = trimmed.timer.seconds
+        if resized:
+            facts["resized_size"] = list(resized.size)
+            facts["resized_frames"] = resized.frames
+            seconds["resize"] = resized.timer.seconds
+        if frames:
+            facts["frame_size"] = list(frames.size)
+            facts["rgb_frames"] = frames.count
+            seconds["rgb"] = frames.timer.seconds
+        seconds["decode"] = time.perf_counter() - started - sum(seconds.values())
+        facts["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+        facts["files"] = files
+        return facts
+
+
+def display_size(path):
+    """(width, height) of a video's first frame as displayed (rotation applied)."""
+    with av.open(path) as container:
+        frame = next(container.decode(video=0))
+        return (frame.height, frame.width) if _rotated(frame.rotation or 0) else (frame.width, frame.height)
+
+
+def _close_quietly(writers):
+    for writer in writers:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+def probe(url, expected_duration, *, full=False, min_ratio=0.8):
+    """Check that `url` is a usable clip of about `expected_duration` seconds.
+
+    The quick probe opens it, decodes the first frame and reads the duration from the
+    container; `full=True` decodes every frame instead. Returns facts for the record
+    (frames, width, height, duration) or raises VideoError.
+    """
+    try:
+        with open_container(url) as container:
+            if not container.streams.video:
+                raise VideoError("corrupt", "no video stream")
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            frames, first, last, rotation = 0, None, None, 0
+            try:
+                for frame in container.decode(stream):
+                    rotation = rotation or frame.rotation or 0
+                    if frame.pts is not None:
+                        t = float(frame.pts * frame.time_base)
+                        first = t if first is None else first
+                        last = t
+                    frames += 1
+                    if not full:
+                        break
+            except av.error.FFmpegError as e:
+                raise VideoError("corrupt", f"decode error after {frames} frames: {e}") from None
+            if frames == 0:
+                raise VideoError("corrupt", "no decodable frame")
+            if full:
+                rate = stream.average_rate or stream.guessed_rate
+                step = 1 / float(rate) if rate else 0.0
+                duration = (last - first + step) if first is not None else None
+            else:
+                duration = _duration(container, stream)
+                frames = stream.frames or None
+            w, h = stream.codec_context.width, stream.codec_context.height
+            info = {"width": h if _rotated(rotation) else w, "height": w if _rotated(rotation) else h,
+                    "duration": round(duration, 3) if duration is not None else None}
+            if frames:
+                info["frames"] = frames
+    except FileNotFoundError:
+        raise VideoError("missing", "no such file") from None
+    except av.error.FFmpegError as e:
+        raise VideoError("corrupt", f"decode error: {e}") from None
+    if duration is None:
+        raise VideoError("corrupt", "unknown duration")
+    if duration < min_ratio * expected_duration:
+        raise VideoError("short", f"{duration:.2f} s of {expected_duration:g} s annotated")
+    return info
 
 
 @contextlib.contextmanager
@@ -34,52 +573,3 @@ def _duration(container, stream):
     if container.duration is not None:
         return container.duration / 1e6
     return None
-
-
-def probe(url, expected_duration, *, full=False, min_ratio=0.8):
-    """Check that `url` is a usable clip of about `expected_duration` seconds.
-
-    The quick probe opens it, decodes the first frame and reads the duration from the
-    container; `full=True` decodes every frame instead. Returns facts for the record
-    (frames, width, height, duration) or raises VideoError.
-    """
-    try:
-        with open_container(url) as container:
-            if not container.streams.video:
-                raise VideoError("corrupt", "no video stream")
-            stream = container.streams.video[0]
-            stream.thread_count = 1
-            frames, first, last = 0, None, None
-            try:
-                for frame in container.decode(stream):
-                    if frame.pts is not None:
-                        t = float(frame.pts * frame.time_base)
-                        first = t if first is None else first
-                        last = t
-                    frames += 1
-                    if not full:
-                        break
-            except av.error.FFmpegError as e:
-                raise VideoError("corrupt", f"decode error after {frames} frames: {e}") from None
-            if frames == 0:
-                raise VideoError("corrupt", "no decodable frame")
-            if full:
-                rate = stream.average_rate or stream.guessed_rate
-                step = 1 / float(rate) if rate else 0.0
-                duration = (last - first + step) if first is not None else None
-            else:
-                duration = _duration(container, stream)
-                frames = stream.frames or None
-            info = {"width": stream.codec_context.width, "height": stream.codec_context.height,
-                    "duration": round(duration, 3) if duration is not None else None}
-            if frames:
-                info["frames"] = frames
-    except FileNotFoundError:
-        raise VideoError("missing", "no such file") from None
-    except av.error.FFmpegError as e:
-        raise VideoError("corrupt", f"decode error: {e}") from None
-    if duration is None:
-        raise VideoError("corrupt", "unknown duration")
-    if duration < min_ratio * expected_duration:
-        raise VideoError("short", f"{duration:.2f} s of {expected_duration:g} s annotated")
-    return info

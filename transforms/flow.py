@@ -1,0 +1,67 @@
+"""Optical flow between consecutive grey frames, stored as denseflow does.
+
+Each component is quantised with bound b: v > b -> 255, v < -b -> 0, else
+round(255 (v + b) / 2b), and written as a single-channel JPEG (quality 95):
+flow_x_00001.jpg / flow_y_00001.jpg ..., N - 1 pairs for N frames.
+"""
+import os
+
+import av
+import cv2
+import numpy as np
+
+from transforms.video import Decimate, frame_name, luma, to_display
+
+ALGORITHMS = ("tvl1", "tvl1-fast", "farneback", "dis")
+
+
+def make_flow(algorithm):
+    """A function (prev_grey, next_grey) -> float32 HxWx2 flow."""
+    if algorithm in ("tvl1", "tvl1-fast"):
+        tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()  # denseflow's defaults
+        if algorithm == "tvl1-fast":
+            tvl1.setEpsilon(0.03)
+        return lambda a, b: tvl1.calc(a, b, None)
+    if algorithm == "farneback":
+        return lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    if algorithm == "dis":
+        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        return lambda a, b: dis.calc(a, b, None)
+    raise ValueError(f"unknown flow algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
+
+
+def quantize(component, bound):
+    """denseflow's mapping of one flow component to uint8 (cvRound, saturating)."""
+    return cv2.addWeighted(component, 255 / (2 * bound), component, 0, 127.5, dtype=cv2.CV_8U)
+
+
+def grey_frames(path, size, remove_dup=False):
+    """Decode `path` and yield its frames as grey uint8 images of `size` (display orientation)."""
+    decimate = Decimate() if remove_dup else None
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        for frame in container.decode(stream):
+            if decimate is not None and not decimate.keep(luma(frame)):
+                continue
+            bgr = to_display(frame, *size, "bgr24", frame.rotation or 0, "BILINEAR").to_ndarray()
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+
+
+def write_flow(frames, folder, *, algorithm="tvl1", bound=20.0, index_base=1, quality=95):
+    """Flow between consecutive frames of the iterable `frames` into folder; (pairs, bytes)."""
+    os.makedirs(folder, exist_ok=True)
+    flow = make_flow(algorithm)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    prev, pairs, written = None, 0, 0
+    for grey in frames:
+        if prev is not None:
+            f = flow(prev, grey)
+            for axis, prefix in ((0, "flow_x_"), (1, "flow_y_")):
+                ok, data = cv2.imencode(".jpg", quantize(np.ascontiguousarray(f[..., axis]), bound), params)
+                with open(os.path.join(folder, frame_name(prefix, pairs, index_base)), "wb") as out:
+                    out.write(data)
+                written += len(data)
+            pairs += 1
+        prev = grey
+    return pairs, written
