@@ -15,6 +15,7 @@ from apache_beam.options import pipeline_options as beam_options
 from transforms import storage
 from transforms.reader import LabelMap, check_trim_format
 from transforms.records import SPLITS
+from transforms.video import VideoOptions
 
 STEPS = ("fetch", "resize", "rgb", "flow", "shards", "filelists")
 AVAILABLE_STEPS = ("fetch", "resize", "rgb", "flow", "filelists")
@@ -32,41 +33,41 @@ class Settings:
     labels: tuple
     annotations: tuple
     output: str
-    splits: tuple = SPLITS
-    classes: tuple = ()
-    limit: int = None
-    steps: tuple = ("filelists",)
-    trim_format: str = "%06d"
-    class_dirs: str = "clean"
-    flat: bool = False
-    verify: str = "probe"
-    min_duration_ratio: float = 0.8
-    shuffle: bool = False
-    seed: int = None
-    filelist_format: str = "txt"
-    progress_interval: float = 10.0
-    redo: bool = False
-    retry_unavailable: bool = False
-    source: str = "local"
-    video_root: str = None
-    cvdf_parts: object = None
-    trim: str = "exact"
-    trim_preset: str = "veryfast"
-    trim_crf: int = 21
-    scale: int = 256
-    dense: bool = True
-    remove_dup: bool = False
-    upscale: bool = True
-    x264_preset: str = "veryfast"
-    crf: int = 21
-    new_short: int = 256
-    new_width: int = 0
-    new_height: int = 0
-    frame_index_base: int = 1
-    flow_algorithm: str = "tvl1"
-    flow_bound: float = 20.0
-    demo: bool = False
-    run_id: str = ""
+    splits: tuple
+    classes: tuple
+    limit: int
+    steps: tuple
+    trim_format: str
+    class_dirs: str
+    flat: bool
+    verify: str
+    min_duration_ratio: float
+    shuffle: bool
+    seed: int
+    filelist_format: str
+    progress_interval: float
+    redo: bool
+    retry_unavailable: bool
+    source: str
+    video_root: str
+    cvdf_parts: object
+    trim: str
+    trim_preset: str
+    trim_crf: float
+    scale: int
+    dense: bool
+    remove_dup: bool
+    upscale: bool
+    x264_preset: str
+    crf: float
+    new_short: int
+    new_width: int
+    new_height: int
+    frame_index_base: int
+    flow_algorithm: str
+    flow_bound: float
+    demo: bool
+    run_id: str
 
     @property
     def label_map(self):
@@ -95,33 +96,34 @@ OPTIONS = {
     "seed": (int, None, "random seed for --shuffle (random.seed(N); random.shuffle(lines))"),
     "filelist_format": (("txt", "json"), "txt", "file list format"),
     "redo": (bool, False, "ignore the ledger and redo every clip (re-verify a tree that changed)"),
+    "retry_unavailable": (bool, False, "also retry clips the ledger holds as permanently unavailable"),
     "source": (SOURCES, "local", "where the fetch step gets clips: local (files under --video-root: "
                                  "{clip}.*, {class}/{clip}.* or full-length {youtube_id}.*) or cvdf (the "
                                  "CVDF .tar.gz parts: the dataset's part lists, or a folder of parts "
                                  "given as --video-root)"),
     "video_root": (str, None, "local dir or URL holding the source videos (or CVDF parts)"),
-    "trim": (("exact", "copy"), "exact", "exact: frames in [start, end), re-encoded unless the source "
+    "trim": (("exact", "copy"), VideoOptions.trim, "exact: frames in [start, end), re-encoded unless the source "
                                          "already is the clip; copy: stream copy from the keyframe "
                                          "before start (faster, not exact)"),
-    "trim_preset": (str, "veryfast", "x264 preset of the trimmed clip's re-encode"),
-    "trim_crf": (int, 21, "x264 CRF of the trimmed clip's re-encode"),
-    "scale": (int, 256, "short edge of the resized clip"),
-    "dense": (bool, True, "resized clip with a keyframe every 16 frames (MMAction2 --dense); "
+    "trim_preset": (str, VideoOptions.trim_preset, "x264 preset of the trimmed clip's re-encode"),
+    "trim_crf": (float, VideoOptions.trim_crf, "x264 CRF of the trimmed clip's re-encode"),
+    "scale": (int, VideoOptions.scale, "short edge of the resized clip"),
+    "dense": (bool, VideoOptions.dense, "resized clip with a keyframe every 16 frames (MMAction2 --dense); "
                           "--no-dense for x264's default and the videos_{split}_{S}p dir"),
-    "remove_dup": (bool, False, "drop duplicate frames from the resized clip, frames and flow "
+    "remove_dup": (bool, VideoOptions.remove_dup, "drop duplicate frames from the resized clip, frames and flow "
                                 "(mpdecimate, variable frame rate)"),
-    "upscale": (bool, True, "upscale inputs smaller than --scale as ffmpeg does; --no-upscale keeps "
+    "upscale": (bool, VideoOptions.upscale, "upscale inputs smaller than --scale as ffmpeg does; --no-upscale keeps "
                             "them (denseflow)"),
-    "x264_preset": (str, "veryfast", "x264 preset of the resized clip"),
-    "crf": (int, 21, "x264 CRF of the resized clip"),
-    "new_short": (int, 256, "short edge of RGB/flow frames (MMAction2's OpenCV rounding); 0 = "
+    "x264_preset": (str, VideoOptions.preset, "x264 preset of the resized clip"),
+    "crf": (float, VideoOptions.crf, "x264 CRF of the resized clip"),
+    "new_short": (int, VideoOptions.new_short, "short edge of RGB/flow frames (MMAction2's OpenCV rounding); 0 = "
                             "original size"),
     "new_width": (int, 0, "fixed frame width (with --new-height)"),
     "new_height": (int, 0, "fixed frame height (with --new-width)"),
-    "frame_index_base": (int, 1, "number of the first img_/flow_ file: 1 (MMAction2) or 0 (denseflow)"),
+    "frame_index_base": (int, VideoOptions.frame_index_base, "number of the first img_/flow_ file: 1 (MMAction2) or 0 (denseflow)"),
     "flow_algorithm": (("tvl1", "tvl1-fast", "farneback", "dis"), "tvl1",
                        "optical flow: tvl1 (OpenCV DualTVL1 defaults, denseflow-compatible), tvl1-fast "
-                       "(epsilon 0.03), farneback, dis (DIS medium)"),
+                       "(epsilon 0.03), farneback, dis (DIS, fast preset)"),
     "flow_bound": (float, 20.0, "flow quantisation bound (denseflow -b)"),
     "label_map": (str, None, "label map file (one label per line); default: the dataset's own"),
     "progress_interval": (float, 10.0, "seconds between progress lines (at least 10)"),
@@ -357,5 +359,5 @@ def _settings(m, args, layers):
         limit=m["limit"], steps=tuple(steps), trim_format=m["trim_format"],
         class_dirs=m["class_dirs"], flat=m["layout"] == "flat", verify=m["verify"],
         min_duration_ratio=m["min_duration_ratio"], shuffle=bool(m["shuffle"]), seed=m["seed"],
-        filelist_format=m["filelist_format"], redo=bool(m["redo"]), progress_interval=max(10.0, m["progress_interval"]),
+        filelist_format=m["filelist_format"], redo=bool(m["redo"]), retry_unavailable=bool(m["retry_unavailable"]), progress_interval=max(10.0, m["progress_interval"]),
         demo=any(layer.get("demo") for layer in layers), run_id=uuid.uuid4().hex)

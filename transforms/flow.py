@@ -10,7 +10,7 @@ import av
 import cv2
 import numpy as np
 
-from transforms.video import Decimate, frame_name, luma, to_display
+from transforms.video import Decimate, Scaler, frame_name, luma
 
 ALGORITHMS = ("tvl1", "tvl1-fast", "farneback", "dis")
 
@@ -25,7 +25,7 @@ def make_flow(algorithm):
     if algorithm == "farneback":
         return lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
     if algorithm == "dis":
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         return lambda a, b: dis.calc(a, b, None)
     raise ValueError(f"unknown flow algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
 
@@ -38,14 +38,15 @@ def quantize(component, bound):
 def grey_frames(path, size, remove_dup=False):
     """Decode `path` and yield its frames as grey uint8 images of `size` (display orientation)."""
     decimate = Decimate() if remove_dup else None
+    scaler = None
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
         for frame in container.decode(stream):
             if decimate is not None and not decimate.keep(luma(frame)):
                 continue
-            bgr = to_display(frame, *size, "bgr24", frame.rotation or 0, "BILINEAR").to_ndarray()
-            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+            scaler = scaler or Scaler(*size, frame.rotation or 0)
+            yield cv2.cvtColor(scaler.bgr(frame), cv2.COLOR_BGR2GRAY)
 
 
 def write_flow(frames, folder, *, algorithm="tvl1", bound=20.0, index_base=1, quality=95):

@@ -18,6 +18,7 @@ from fractions import Fraction
 import av
 import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from transforms import storage
 
@@ -38,13 +39,13 @@ class VideoError(Exception):
 class VideoOptions:
     trim: str = "exact"
     trim_preset: str = "veryfast"
-    trim_crf: int = 21
+    trim_crf: float = 21.5
     scale: int = 256
     dense: bool = True
     remove_dup: bool = False
     upscale: bool = True
     preset: str = "veryfast"
-    crf: int = 21
+    crf: float = 21.5
     new_short: int = 256
     new_width: int = 0
     new_height: int = 0
@@ -94,14 +95,33 @@ def _sar(stream):
     return Fraction(sar) if sar else Fraction(1)
 
 
-def to_display(frame, w, h, fmt, rotation, interpolation):
-    """`frame` scaled to the displayed w x h (rotation applied) as a VideoFrame of `fmt`."""
-    if not rotation:
-        return frame.reformat(w, h, fmt, interpolation=interpolation)
-    cw, ch = (h, w) if _rotated(rotation) else (w, h)
-    img = frame.reformat(cw, ch, "bgr24", interpolation=interpolation).to_ndarray()
-    img = np.ascontiguousarray(np.rot90(img, k=rotation // 90))
-    return av.VideoFrame.from_ndarray(img, format="bgr24")
+class Scaler:
+    """Frames to one displayed size, rotation applied, with swscale contexts kept across frames.
+
+    YUV 4:2:0 bicubic for x264 (as ffmpeg's scale filter); BGR bilinear (as cv2.resize) for JPEGs
+    and flow, scaled in planar 4:2:2 first because swscale's scaling to packed RGB is slow.
+    """
+
+    def __init__(self, width, height, rotation=0):
+        self.size, self.rotation = (width, height), rotation
+        self.coded = (height, width) if _rotated(rotation) else (width, height)
+        self.scale, self.convert = VideoReformatter(), VideoReformatter()
+
+    def yuv420(self, frame):
+        if not self.rotation:
+            return self.scale.reformat(frame, *self.size, "yuv420p", interpolation="BICUBIC")
+        return av.VideoFrame.from_ndarray(self._turn(self._bgr(frame, "BICUBIC")), format="bgr24")
+
+    def bgr(self, frame):
+        img = self._bgr(frame, "BILINEAR")
+        return self._turn(img) if self.rotation else img
+
+    def _bgr(self, frame, interpolation):
+        small = self.scale.reformat(frame, *self.coded, "yuv422p", interpolation=interpolation)
+        return self.convert.reformat(small, *self.coded, "bgr24").to_ndarray()
+
+    def _turn(self, img):
+        return np.ascontiguousarray(np.rot90(img, k=self.rotation // 90))
 
 
 def luma(frame):
@@ -187,7 +207,7 @@ def _x264(out, vs, width, height, preset, crf, sar):
     stream = out.add_stream("libx264", rate=vs.average_rate or vs.guessed_rate or 25)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.time_base = vs.time_base
-    stream.options = {"preset": preset, "crf": str(crf), "threads": "1"}
+    stream.options = {"preset": preset, "crf": f"{crf:g}", "threads": "1"}
     if sar != 1:
         stream.sample_aspect_ratio = sar
     return stream
@@ -304,9 +324,10 @@ class _Trimmed:
 
 
 class _Resized:
-    def __init__(self, path, w, h, sar, vs, opts):
+    def __init__(self, path, w, h, sar, vs, opts, rotation):
         self.timer = _Timer("resized clip")
         self.size = (w, h)
+        self.scaler = Scaler(w, h, rotation)
         self.frames = 0
         with self.timer():
             self.out = av.open(path, "w", format="mp4")
@@ -314,9 +335,9 @@ class _Resized:
             if opts.dense:
                 self.video.codec_context.gop_size = 16
 
-    def frame(self, frame, pts, rotation):
+    def frame(self, frame, pts):
         with self.timer():
-            small = to_display(frame, *self.size, "yuv420p", rotation, "BICUBIC")
+            small = self.scaler.yuv420(frame)
             small.pts, small.time_base = pts, frame.time_base
             for p in self.video.encode(small):
                 self.out.mux(p)
@@ -330,18 +351,18 @@ class _Resized:
 
 
 class _Frames:
-    def __init__(self, folder, w, h, opts):
+    def __init__(self, folder, w, h, opts, rotation):
         self.timer = _Timer("RGB frames")
         self.folder, self.size, self.opts = folder, (w, h), opts
+        self.scaler = Scaler(w, h, rotation)
         os.makedirs(folder, exist_ok=True)
         self.count = 0
         self.bytes = 0
         self.params = [cv2.IMWRITE_JPEG_QUALITY, opts.jpeg_quality]
 
-    def frame(self, frame, rotation):
+    def frame(self, frame):
         with self.timer():
-            img = to_display(frame, *self.size, "bgr24", rotation, "BILINEAR").to_ndarray()
-            ok, data = cv2.imencode(".jpg", img, self.params)
+            ok, data = cv2.imencode(".jpg", self.scaler.bgr(frame), self.params)
             name = frame_name("img_", self.count, self.opts.frame_index_base)
             with open(os.path.join(self.folder, name), "wb") as f:
                 f.write(data)
@@ -435,19 +456,20 @@ def _process(segment, want, opts, workdir):
                             rw, rh = scaled_size(dw, dh, opts.scale, opts.upscale)
                             sar = _sar(vs)
                             sar = 1 / sar if _rotated(rotation) else sar
-                            resized = _Resized(files["resized"], rw, rh, sar * Fraction(rh * dw, rw * dh), vs, opts)
+                            resized = _Resized(files["resized"], rw, rh, sar * Fraction(rh * dw, rw * dh), vs, opts,
+                                               rotation)
                             writers.append(resized)
                         if "rgb" in want:
                             files["rgb"] = os.path.join(workdir, "rgb")
-                            frames = _Frames(files["rgb"], *frame_size(dw, dh, opts), opts)
+                            frames = _Frames(files["rgb"], *frame_size(dw, dh, opts), opts, rotation)
                     last = t
                     count += 1
                     if decimate is None or decimate.keep(luma(frame)):
                         kept += 1
                         if resized:
-                            resized.frame(frame, pts - shift, rotation)
+                            resized.frame(frame, pts - shift)
                         if frames:
-                            frames.frame(frame, rotation)
+                            frames.frame(frame)
                     if mode == "encode":
                         trimmed.frame(frame, pts - shift)
         except av.error.FFmpegError as e:
