@@ -14,11 +14,13 @@ setup(
     install_requires=[
         "apache-beam[gcp]>=2.77.0,<3",
         "av>=14,<20",
+        "imageio-ffmpeg>=0.8,<1",
         "opencv-contrib-python-headless>=4.10,<6",
         "fsspec>=2024.6.0",
         "gcsfs>=2024.6.0",
         "numpy>=1.24",
         "pyyaml>=6",
+        "yt-dlp[default,deno]>=2026.10.21",
     ],
     extras_require={"test": ["pytest>=8"]},
     entry_points={"console_scripts": ["kinetics-prep=pipeline.cli:main"]},

@@ -1,7 +1,7 @@
 """Pipeline assembly: annotations -> clips -> results -> outputs."""
 import apache_beam as beam
 
-from transforms.clips import CheckLedger, ComputeFlow, ProcessClips
+from transforms.clips import CheckLedger, ComputeFlow, FetchClips, ProcessClips
 from transforms.reader import AnnotationReader, ReadAnnotations
 from transforms.sources import ReadParts, part_urls
 from transforms.writers import WriteOutputs
@@ -18,10 +18,16 @@ def build(p, settings):
     checked = (read.clips
                | "Reshuffle" >> beam.Reshuffle()
                | "CheckLedger" >> beam.ParDo(CheckLedger(settings)).with_outputs("todo", main="done"))
-    jobs = checked.todo
-    if settings.source == "cvdf" and "fetch" in settings.steps:
-        jobs = p | "CVDF" >> FromCVDF(settings, checked.todo)
-    results = jobs | "ProcessClips" >> beam.ParDo(ProcessClips(settings))
+    fetching = "fetch" in settings.steps
+    if fetching and settings.source == "youtube":
+        results = (checked.todo
+                   | "ByYouTubeId" >> beam.Map(lambda job: (job[0].youtube_id, job))
+                   | "GroupByYouTubeId" >> beam.GroupByKey()
+                   | "FetchClips" >> beam.ParDo(FetchClips(settings)))
+    else:
+        jobs = p | "CVDF" >> FromCVDF(settings, checked.todo) if fetching and settings.source == "cvdf" \
+            else checked.todo
+        results = jobs | "ProcessClips" >> beam.ParDo(ProcessClips(settings))
     if "flow" in settings.steps:
         results = (results
                    | "ReshuffleFlow" >> beam.Reshuffle()

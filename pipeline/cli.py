@@ -1,5 +1,7 @@
 """kinetics-prep: the launcher. Resolves the configuration, checks inputs, runs the pipeline,
 prints progress from the ledger and a summary at the end."""
+import csv
+import io
 import json
 import logging
 import sys
@@ -10,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import build, demo
 from pipeline.options import UsageError, resolve
 from pipeline.progress import Progress
-from transforms import storage
+from transforms import fetch, storage
 from transforms.clips import expected_outputs
 from transforms.reader import AnnotationError
 from transforms.records import STATUSES
@@ -28,6 +30,11 @@ def preflight(settings):
                 f.read(1)
         except Exception as e:  # noqa: BLE001 - any opener failure is the same user error
             raise PreflightError(f"cannot read annotations {url}: {_oneline(e)}") from None
+    if "fetch" in settings.steps and settings.source == "youtube":
+        try:
+            fetch.preflight(settings.fetch)
+        except RuntimeError as e:
+            raise PreflightError(str(e)) from None
     probe = storage.join(settings.output, "_ledger", ".writable")
     try:
         storage.write_bytes(probe, b"")
@@ -57,6 +64,13 @@ def summary_table(result):
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([fmt(header)] + [fmt(r) for r in rows])
+
+
+def bot_check_stops(settings):
+    """How many clips a worker refused to fetch after repeated bot checks (from failures.csv)."""
+    text = storage.read_bytes(storage.join(settings.output, "failures.csv")).decode("utf-8")
+    return sum(1 for row in csv.DictReader(io.StringIO(text))
+               if row["reason"].startswith(fetch.BOT_CHECK_REASON_PREFIX))
 
 
 def run(settings, beam_args):
@@ -92,6 +106,10 @@ def main(argv=None):
     print(f"kinetics-prep: {settings.dataset}: {', '.join(settings.annotations)} -> {settings.output} "
           f"(steps {','.join(settings.steps)})", file=sys.stderr)
     result = run(settings, beam_args)
+    stopped = bot_check_stops(settings)
+    if stopped:
+        print(f"YouTube bot checks stopped fetching: {stopped:,} clips recorded rate_limited without a "
+              "request; pass --cookies FILE and run the same command again to fetch them.")
     print(summary_table(result))
     print(f"outputs: {settings.output} (manifest/, failures.csv, summary.json, label_map.txt"
           + (", file lists" if "filelists" in settings.steps else "") + ")")

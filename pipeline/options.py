@@ -15,11 +15,12 @@ from apache_beam.options import pipeline_options as beam_options
 from transforms import storage
 from transforms.reader import LabelMap, check_trim_format
 from transforms.records import SPLITS
+from transforms.fetch import FetchOptions, parse_ytdlp_opts
 from transforms.video import VideoOptions
 
 STEPS = ("fetch", "resize", "rgb", "flow", "shards", "filelists")
 AVAILABLE_STEPS = ("fetch", "resize", "rgb", "flow", "filelists")
-SOURCES = ("local", "cvdf")
+SOURCES = ("youtube", "local", "cvdf")
 DATASETS = ("kinetics400", "kinetics600", "kinetics700", "kinetics700_2020", "demo")
 
 
@@ -51,6 +52,7 @@ class Settings:
     source: str
     video_root: str
     cvdf_parts: object
+    fetch: FetchOptions
     trim: str
     trim_preset: str
     trim_crf: float
@@ -97,10 +99,27 @@ OPTIONS = {
     "filelist_format": (("txt", "json"), "txt", "file list format"),
     "redo": (bool, False, "ignore the ledger and redo every clip (re-verify a tree that changed)"),
     "retry_unavailable": (bool, False, "also retry clips the ledger holds as permanently unavailable"),
-    "source": (SOURCES, "local", "where the fetch step gets clips: local (files under --video-root: "
-                                 "{clip}.*, {class}/{clip}.* or full-length {youtube_id}.*) or cvdf (the "
-                                 "CVDF .tar.gz parts: the dataset's part lists, or a folder of parts "
-                                 "given as --video-root)"),
+    "source": (SOURCES, "youtube", "where the fetch step gets clips: youtube (yt-dlp, only the annotated "
+                                   "segment), local (files under --video-root: {clip}.*, {class}/{clip}.* or "
+                                   "full-length {youtube_id}.*) or cvdf (the CVDF .tar.gz parts: the "
+                                   "dataset's part lists, or a folder of parts given as --video-root)"),
+    "url_template": (str, FetchOptions.url_template, "URL of a clip's video; {youtube_id} is replaced by "
+                                                     "the validated id"),
+    "max_height": (int, FetchOptions.max_height, "tallest video format to download (mp4, then webm)"),
+    "fetch_pad": (float, FetchOptions.pad, "seconds fetched before and after each annotated segment"),
+    "cookies": (str, None, "Netscape cookies file, local or any URL (gs://...), for YouTube's "
+                           "'confirm you're not a bot' checks"),
+    "proxy": (str, None, "proxy URL for yt-dlp and ffmpeg"),
+    "ytdlp_opt": (dict, {}, "extra yt-dlp option KEY=VALUE (Python API names, JSON values); repeatable; "
+                            "overrides ours"),
+    "fetch_rate": (float, FetchOptions.fetch_rate, "most clips per second per worker process (0 = no "
+                                                   "limit); halved on each HTTP 429, then recovered"),
+    "retries": (int, FetchOptions.retries, "retries of network and HTTP 429 failures, with backoff"),
+    "socket_timeout": (float, FetchOptions.socket_timeout, "seconds without data before a transfer fails"),
+    "clip_timeout": (float, FetchOptions.clip_timeout, "hard bound in seconds on one clip's fetch, "
+                                                       "retries included; then it is killed, recorded network"),
+    "bot_check_limit": (int, FetchOptions.bot_check_limit, "consecutive bot checks after which a worker "
+                                                           "stops fetching"),
     "video_root": (str, None, "local dir or URL holding the source videos (or CVDF parts)"),
     "trim": (("exact", "copy"), VideoOptions.trim, "exact: frames in [start, end), re-encoded unless the source "
                                          "already is the clip; copy: stream copy from the keyframe "
@@ -158,6 +177,10 @@ def _coerce(name, value, where):
         return value
     if kind is list:
         return _as_list(value)
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{where}: {name} must be a mapping of yt-dlp option: value")
+        return value
     if isinstance(kind, tuple):
         if value not in kind:
             raise UsageError(f"{where}: {name} must be one of {', '.join(kind)}, not {value!r}")
@@ -214,7 +237,7 @@ def build_parser():
     parser.add_argument("--config", help="a YAML config applied on top of the dataset's")
     for name, (kind, default, text) in OPTIONS.items():
         shown = f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})" \
-            if default not in (None, [], False) else ""
+            if default not in (None, [], {}, False) else ""
         text = text.replace("%", "%%")
         shown = shown.replace("%", "%%")
         if kind is bool:
@@ -225,7 +248,7 @@ def build_parser():
                                 help=text + " (default on)" if default else argparse.SUPPRESS)
         elif isinstance(kind, tuple):
             parser.add_argument(_flag(name), dest=name, choices=kind, help=text + shown)
-        elif kind is list:
+        elif kind in (list, dict):
             parser.add_argument(_flag(name), dest=name, action="append", help=text + shown)
         else:
             parser.add_argument(_flag(name), dest=name, type=kind, help=text + shown)
@@ -242,6 +265,11 @@ def _as_list(value):
     for item in items:
         out.extend(p.strip() for p in str(item).split(",") if p.strip())
     return out
+
+
+def _ytdlp_opts(value):
+    """--ytdlp-opt KEY=VALUE flags (a list) or a YAML mapping, as FetchOptions.ytdlp_opts."""
+    return tuple(value.items()) if isinstance(value, dict) else parse_ytdlp_opts(value)
 
 
 def check_beam_args(beam_args):
@@ -351,9 +379,17 @@ def _settings(m, args, layers):
                                "upscale", "x264_preset", "crf", "new_short", "new_width", "new_height",
                                "frame_index_base", "flow_algorithm", "flow_bound")}
     video_root = storage.normalize(m["video_root"]) if m["video_root"] else None
+    try:
+        fetch = FetchOptions(
+            url_template=m["url_template"], max_height=m["max_height"], pad=m["fetch_pad"],
+            cookies=m["cookies"], proxy=m["proxy"], ytdlp_opts=_ytdlp_opts(m["ytdlp_opt"]),
+            fetch_rate=m["fetch_rate"], retries=m["retries"], socket_timeout=m["socket_timeout"],
+            clip_timeout=m["clip_timeout"], bot_check_limit=m["bot_check_limit"])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
     return Settings(
-        **video, video_root=video_root, cvdf_parts=cvdf_parts,
+        **video, video_root=video_root, cvdf_parts=cvdf_parts, fetch=fetch,
         dataset=name, labels=labels, annotations=tuple(annotations),
         output=storage.normalize(m["output"]), splits=tuple(splits), classes=tuple(classes),
         limit=m["limit"], steps=tuple(steps), trim_format=m["trim_format"],

@@ -95,7 +95,8 @@ def test_console_script_and_module_agree(tmp_path):
     if not script.exists():
         pytest.skip("console script not installed in .venv")
     proc = subprocess.run([str(script), "--dataset", "kinetics400", "--annotations", str(ann),
-                           "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+                           "--output", str(tmp_path / "out"), "--steps", "filelists"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["total"] == {"missing": 1}
 

@@ -4,6 +4,7 @@ CheckLedger skips what the ledger holds as complete; ProcessClips makes the trim
 resized clip and RGB frames from one decode of the clip's source; ComputeFlow adds optical flow
 as a stage of its own. Every record is in the ledger before it is emitted.
 """
+import functools
 import os
 import time
 
@@ -12,6 +13,7 @@ import cv2
 from apache_beam.metrics import Metrics
 
 from transforms import storage
+from transforms.fetch import FetchError, Fetcher, source_url, windows
 from transforms.flow import grey_frames, write_flow
 from transforms.layout import Layout
 from transforms.ledger import Ledger, is_complete
@@ -104,6 +106,11 @@ def not_in_parts(clip, workdir):
     raise VideoError(MISSING, f"no {clip.clip_id}.* in the CVDF parts")
 
 
+def fetched_segment(result, url, clip, workdir):
+    """The clip inside a fetched file whose t=0 lies at source time `result.offset`."""
+    return Segment(result.path, clip.time_start - result.offset, clip.time_end - result.offset), url
+
+
 def segment_of(clip, found, workdir):
     path = materialize(found.url, workdir)
     if found.whole:
@@ -127,12 +134,18 @@ def publish(kind, local, url):
     return os.path.getsize(local)
 
 
+def to_make(clip, settings, prev):
+    """(outputs kept from the earlier record, decoded kinds still to make)."""
+    expected = expected_outputs(clip, settings)
+    have = kept_outputs(prev, expected)
+    return have, [k for k in DECODED_KINDS if k in expected and k not in have]
+
+
 def process_clip(clip, settings, source=None, prev=None, payload=None):
     """Make the clip's trimmed clip, resized clip and RGB frames (whichever the steps ask for and
     are not already done) from one decode of its source; returns the clip's record."""
     expected = expected_outputs(clip, settings)
-    have = kept_outputs(prev, expected)
-    todo = [k for k in DECODED_KINDS if k in expected and k not in have]
+    have, todo = to_make(clip, settings, prev)
     if not todo:
         return prev if have else existing_outputs(clip, settings)
     layout = layout_for(settings)
@@ -232,22 +245,70 @@ class _Recording(beam.DoFn):
 
 
 class ProcessClips(_Recording):
-    """(clip, earlier record[, (member, bytes)]) in; records out."""
+    """(clip, earlier record[, (source name, bytes)]) in; records out."""
 
     def setup(self):
         super().setup()
         s = self.settings
-        self.source = LocalVideos(s.video_root) if s.source == "local" else not_in_parts
+        self.source = {"local": LocalVideos(s.video_root), "cvdf": not_in_parts}.get(s.source)
 
     def process(self, job):
         clip, prev, *payload = job
+        yield self.run(clip, prev, self.source, payload[0] if payload else None)
+
+    def run(self, clip, prev, source, payload=None, fetched=None):
         started = time.perf_counter()
         try:
-            record = process_clip(clip, self.settings, self.source, prev, payload[0] if payload else None)
+            record = process_clip(clip, self.settings, source, prev, payload)
         except Exception as e:  # noqa: BLE001 - one clip's bug must not stop the run
             record = clip.record(FAILED, f"{type(e).__name__}: {e}")
+        if fetched:
+            fields = dict(fetched)
+            seconds = dict(record.get("seconds") or {}, fetch=fields.pop("seconds"))
+            record.update(fields, seconds=seconds)
         flow_pending = "flow" in self.settings.steps and record["status"] in GOOD
-        yield self.finish(record, started, not flow_pending)
+        return self.finish(record, started, not flow_pending)
+
+
+class FetchClips(ProcessClips):
+    """(youtube id, [(clip, earlier record), ...]) in; records out. The clips of one id are fetched
+    together: one segment-only download serves every clip whose padded ranges lie close together."""
+
+    def setup(self):
+        super().setup()
+        self.fetcher = Fetcher(self.settings.fetch)
+
+    def process(self, group):
+        youtube_id, jobs = group
+        need = []
+        for clip, prev in jobs:
+            if "video" in to_make(clip, self.settings, prev)[1]:
+                need.append((clip, prev))
+            else:
+                yield self.run(clip, prev, None)
+        pad = self.settings.fetch.pad
+        for window in windows([(c.time_start, c.time_end) for c, _ in need], pad):
+            members = [(c, p) for c, p in need if (c.time_start, c.time_end) in window.ranges]
+            with storage.local_staging() as work:
+                started = time.perf_counter()
+                try:
+                    result = self.fetcher.fetch(youtube_id, window.start, window.end, work)
+                except FetchError as e:
+                    for clip, _ in members:
+                        record = clip.record(e.status, e.reason, attempts=e.attempts,
+                                             **({"permanent": True} if e.permanent else {}))
+                        yield self.finish(record, started, True)
+                    continue
+                url = source_url(self.settings.fetch.url_template, youtube_id)
+                shared = {"format_id": result.format_id, "ytdlp_version": result.ytdlp_version,
+                          "attempts": result.attempts, "fetch_window": [window.start, window.end],
+                          "seconds": round(time.perf_counter() - started, 3)}
+                source = functools.partial(fetched_segment, result, url)
+                for i, (clip, prev) in enumerate(members):
+                    fetched = dict(shared, bytes_fetched=result.bytes_fetched if i == 0 else 0)
+                    if i:
+                        fetched["fetched_with"] = members[0][0].clip_id
+                    yield self.run(clip, prev, source, fetched=fetched)
 
 
 class ComputeFlow(_Recording):
