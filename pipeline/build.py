@@ -31,7 +31,8 @@ def build(p, settings):
     if "flow" in settings.steps:
         results = (results
                    | "ReshuffleFlow" >> beam.Reshuffle()
-                   | "ComputeFlow" >> beam.ParDo(ComputeFlow(settings)))
+                   | "ComputeFlow" >> beam.ParDo(ComputeFlow(settings)).with_resource_hints(
+                       **dict(settings.flow_resource_hints)))
     records = (checked.done, results, read.invalid) | "AllRecords" >> beam.Flatten()
     return records | "WriteOutputs" >> WriteOutputs(settings, settings.label_map.text())
 

@@ -7,7 +7,7 @@ import logging
 import sys
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from pipeline import build, demo
 from pipeline.options import UsageError, resolve
@@ -73,9 +73,17 @@ def bot_check_stops(settings):
                if row["reason"].startswith(fetch.BOT_CHECK_REASON_PREFIX))
 
 
-def run(settings, beam_args):
-    p = beam.Pipeline(options=beam_options(beam_args))
+def dry_run(options):
+    return bool(options.view_as(TestOptions).dry_run)
+
+
+def run(settings, options):
+    """Run the pipeline with progress lines; the summary, or None for a dry run (nothing ran)."""
+    p = beam.Pipeline(options=options)
     build.build(p, settings)
+    if dry_run(options):
+        p.run()
+        return None
     reader = build.annotation_reader(settings)
     clips = lambda: [c for c in reader.read(settings.annotations) if not isinstance(c, dict)]
     progress = Progress(settings, clips, lambda c: expected_outputs(c, settings))
@@ -96,16 +104,22 @@ def main(argv=None):
         return 2
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level)
+    options = beam_options(beam_args)
     try:
         if settings.demo:
             demo.prepare(settings)
-        preflight(settings)
+        if not dry_run(options):
+            preflight(settings)
     except (PreflightError, AnnotationError) as e:
         print(f"kinetics-prep: error: {e}", file=sys.stderr)
         return 1
     print(f"kinetics-prep: {settings.dataset}: {', '.join(settings.annotations)} -> {settings.output} "
           f"(steps {','.join(settings.steps)})", file=sys.stderr)
-    result = run(settings, beam_args)
+    result = run(settings, options)
+    if result is None:
+        print(f"dry run: the {options.view_as(StandardOptions).runner} job was built and validated; "
+              "nothing ran and nothing was written")
+        return 0
     stopped = bot_check_stops(settings)
     if stopped:
         print(f"YouTube bot checks stopped fetching: {stopped:,} clips recorded rate_limited without a "

@@ -9,6 +9,7 @@ import importlib.resources
 import os
 import uuid
 
+import apache_beam as beam
 import yaml
 from apache_beam.options import pipeline_options as beam_options
 
@@ -68,6 +69,7 @@ class Settings:
     frame_index_base: int
     flow_algorithm: str
     flow_bound: float
+    flow_resource_hints: tuple
     demo: bool
     run_id: str
 
@@ -144,6 +146,8 @@ OPTIONS = {
                        "optical flow: tvl1 (OpenCV DualTVL1 defaults, denseflow-compatible), tvl1-fast "
                        "(epsilon 0.03), farneback, dis (DIS, fast preset)"),
     "flow_bound": (float, 20.0, "flow quantisation bound (denseflow -b)"),
+    "flow_resource_hint": (dict, {}, "Beam resource hint KEY=VALUE for the flow stage alone (min_ram, "
+                                     "cpu_count, accelerator); repeatable"),
     "label_map": (str, None, "label map file (one label per line); default: the dataset's own"),
     "progress_interval": (float, 10.0, "seconds between progress lines (at least 10)"),
 }
@@ -272,6 +276,16 @@ def _ytdlp_opts(value):
     return tuple(value.items()) if isinstance(value, dict) else parse_ytdlp_opts(value)
 
 
+def _resource_hints(value):
+    pairs = value.items() if isinstance(value, dict) else (v.partition("=")[::2] for v in value)
+    hints = {k.strip(): str(v).strip() for k, v in pairs}
+    try:
+        beam.Map(lambda x: x).with_resource_hints(**hints)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--flow-resource-hint: {e}") from None
+    return tuple(sorted(hints.items()))
+
+
 def check_beam_args(beam_args):
     """Refuse flags that neither we nor any Beam PipelineOptions class know (typos)."""
     parser = beam_options._BeamArgumentParser(allow_abbrev=False)
@@ -390,6 +404,7 @@ def _settings(m, args, layers):
 
     return Settings(
         **video, video_root=video_root, cvdf_parts=cvdf_parts, fetch=fetch,
+        flow_resource_hints=_resource_hints(m["flow_resource_hint"]),
         dataset=name, labels=labels, annotations=tuple(annotations),
         output=storage.normalize(m["output"]), splits=tuple(splits), classes=tuple(classes),
         limit=m["limit"], steps=tuple(steps), trim_format=m["trim_format"],

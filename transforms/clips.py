@@ -9,6 +9,7 @@ import os
 import time
 
 import apache_beam as beam
+import av
 import cv2
 from apache_beam.metrics import Metrics
 
@@ -17,7 +18,7 @@ from transforms.fetch import FetchError, Fetcher, source_url, windows
 from transforms.flow import grey_frames, write_flow
 from transforms.layout import Layout
 from transforms.ledger import Ledger, is_complete
-from transforms.records import EXISTS, FAILED, GOOD, MISSING, OK, Clip
+from transforms.records import CORRUPT, EXISTS, FAILED, GOOD, MISSING, OK, Clip
 from transforms.sources import Found, find_local, materialize, write_member
 from transforms.video import Segment, VideoError, VideoOptions, display_size, frame_size, probe, process
 
@@ -194,8 +195,8 @@ def add_flow(record, settings):
         try:
             pairs, _ = write_flow(frames, os.path.join(work, "flow"), algorithm=settings.flow_algorithm,
                                   bound=settings.flow_bound, index_base=settings.frame_index_base)
-        except Exception as e:  # noqa: BLE001 - PyAV decode errors and OpenCV errors alike
-            return dict(record, status="corrupt", reason=f"flow: {type(e).__name__}: {e}")
+        except av.error.FFmpegError as e:
+            return dict(record, status=CORRUPT, reason=f"flow: cannot decode {source}: {e}")
         written = publish("flow", os.path.join(work, "flow"), layout.url(expected["flow"]))
     seconds = dict(record.get("seconds") or {}, flow=round(time.perf_counter() - started, 3))
     return dict(record, status=OK, outputs=dict(outputs, flow=expected["flow"]), flow_frames=pairs,
