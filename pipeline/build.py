@@ -3,6 +3,8 @@ import apache_beam as beam
 
 from transforms.clips import CheckLedger, ComputeFlow, FetchClips, ProcessClips
 from transforms.reader import AnnotationReader, ReadAnnotations
+from transforms.report import WriteReport
+from transforms.shards import WriteShards
 from transforms.sources import ReadParts, part_urls
 from transforms.writers import WriteOutputs
 
@@ -34,6 +36,9 @@ def build(p, settings):
                    | "ComputeFlow" >> beam.ParDo(ComputeFlow(settings)).with_resource_hints(
                        **dict(settings.flow_resource_hints)))
     records = (checked.done, results, read.invalid) | "AllRecords" >> beam.Flatten()
+    if "shards" in settings.steps:
+        _ = records | "WriteShards" >> WriteShards(settings)
+    _ = records | "WriteReport" >> WriteReport(settings)
     return records | "WriteOutputs" >> WriteOutputs(settings, settings.label_map.text())
 
 

@@ -73,6 +73,22 @@ def bot_check_stops(settings):
                if row["reason"].startswith(fetch.BOT_CHECK_REASON_PREFIX))
 
 
+def check_remote_paths(settings, options):
+    """Dataflow workers cannot see the launcher's disk: every path they read or write must be a URL."""
+    runner = str(options.view_as(StandardOptions).runner or "")
+    if "dataflow" not in runner.lower():
+        return
+    paths = [("--annotations", u) for u in settings.annotations] + [("--output", settings.output)]
+    if "fetch" in settings.steps and settings.source != "youtube" and settings.video_root:
+        paths.append(("--video-root", settings.video_root))
+    if settings.fetch.cookies:
+        paths.append(("--cookies", settings.fetch.cookies))
+    local = [f"{flag} {url}" for flag, url in paths if storage.is_local(url)]
+    if local:
+        raise UsageError(f"{runner} workers cannot read this machine's files; upload them and pass "
+                         f"gs:// URLs: {'; '.join(local)}")
+
+
 def dry_run(options):
     return bool(options.view_as(TestOptions).dry_run)
 
@@ -106,6 +122,11 @@ def main(argv=None):
     logging.getLogger().setLevel(args.log_level)
     options = beam_options(beam_args)
     try:
+        check_remote_paths(settings, options)
+    except UsageError as e:
+        print(f"kinetics-prep: error: {e}", file=sys.stderr)
+        return 2
+    try:
         if settings.demo:
             demo.prepare(settings)
         if not dry_run(options):
@@ -125,8 +146,9 @@ def main(argv=None):
         print(f"YouTube bot checks stopped fetching: {stopped:,} clips recorded rate_limited without a "
               "request; pass --cookies FILE and run the same command again to fetch them.")
     print(summary_table(result))
-    print(f"outputs: {settings.output} (manifest/, failures.csv, summary.json, label_map.txt"
-          + (", file lists" if "filelists" in settings.steps else "") + ")")
+    print(f"outputs: {settings.output} (report.html, manifest/, failures.csv, summary.json, label_map.txt"
+          + (", file lists" if "filelists" in settings.steps else "")
+          + (", shards/" if "shards" in settings.steps else "") + ")")
     return 0
 
 

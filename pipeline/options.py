@@ -20,7 +20,6 @@ from transforms.fetch import FetchOptions, parse_ytdlp_opts
 from transforms.video import VideoOptions
 
 STEPS = ("fetch", "resize", "rgb", "flow", "shards", "filelists")
-AVAILABLE_STEPS = ("fetch", "resize", "rgb", "flow", "filelists")
 SOURCES = ("youtube", "local", "cvdf")
 DATASETS = ("kinetics400", "kinetics600", "kinetics700", "kinetics700_2020", "demo")
 
@@ -70,6 +69,9 @@ class Settings:
     flow_algorithm: str
     flow_bound: float
     flow_resource_hints: tuple
+    shard_size_mb: float
+    clips_per_shard: int
+    shard_frames: bool
     demo: bool
     run_id: str
 
@@ -148,6 +150,9 @@ OPTIONS = {
     "flow_bound": (float, 20.0, "flow quantisation bound (denseflow -b)"),
     "flow_resource_hint": (dict, {}, "Beam resource hint KEY=VALUE for the flow stage alone (min_ram, "
                                      "cpu_count, accelerator); repeatable"),
+    "shard_size_mb": (float, 1024.0, "target size of a WebDataset shard in MiB"),
+    "clips_per_shard": (int, None, "clips per WebDataset shard (instead of --shard-size-mb)"),
+    "shard_frames": (bool, False, "also put each clip's RGB and flow JPEGs in the shards"),
     "label_map": (str, None, "label map file (one label per line); default: the dataset's own"),
     "progress_interval": (float, 10.0, "seconds between progress lines (at least 10)"),
 }
@@ -344,9 +349,6 @@ def _settings(m, args, layers):
     for step in steps:
         if step not in STEPS:
             raise UsageError(f"--steps: unknown step {step!r} (choose from {','.join(STEPS)})")
-    for step in steps:
-        if step not in AVAILABLE_STEPS:
-            raise UsageError(f"--steps: step {step!r} is not available in this version")
     if m["limit"] is not None and m["limit"] < 0:
         raise UsageError("--limit must be >= 0")
     try:
@@ -387,6 +389,8 @@ def _settings(m, args, layers):
     for key in ("scale", "trim_crf", "crf", "new_short", "new_width", "new_height"):
         if m[key] < 0:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 0")
+    if m["shard_size_mb"] <= 0 or (m["clips_per_shard"] is not None and m["clips_per_shard"] < 1):
+        raise UsageError("--shard-size-mb must be > 0 and --clips-per-shard >= 1")
     if m["scale"] < 2 or m["flow_bound"] <= 0:
         raise UsageError("--scale must be >= 2 and --flow-bound > 0")
     video = {k: m[k] for k in ("source", "trim", "trim_preset", "trim_crf", "scale", "dense", "remove_dup",
@@ -396,7 +400,7 @@ def _settings(m, args, layers):
     try:
         fetch = FetchOptions(
             url_template=m["url_template"], max_height=m["max_height"], pad=m["fetch_pad"],
-            cookies=m["cookies"], proxy=m["proxy"], ytdlp_opts=_ytdlp_opts(m["ytdlp_opt"]),
+            cookies=storage.normalize(m["cookies"]) if m["cookies"] else None, proxy=m["proxy"], ytdlp_opts=_ytdlp_opts(m["ytdlp_opt"]),
             fetch_rate=m["fetch_rate"], retries=m["retries"], socket_timeout=m["socket_timeout"],
             clip_timeout=m["clip_timeout"], bot_check_limit=m["bot_check_limit"])
     except ValueError as e:
@@ -405,7 +409,9 @@ def _settings(m, args, layers):
     return Settings(
         **video, video_root=video_root, cvdf_parts=cvdf_parts, fetch=fetch,
         flow_resource_hints=_resource_hints(m["flow_resource_hint"]),
-        dataset=name, labels=labels, annotations=tuple(annotations),
+        shard_size_mb=m["shard_size_mb"], clips_per_shard=m["clips_per_shard"],
+        shard_frames=bool(m["shard_frames"]),
+        dataset=name, labels=labels, annotations=tuple(storage.normalize(a) for a in annotations),
         output=storage.normalize(m["output"]), splits=tuple(splits), classes=tuple(classes),
         limit=m["limit"], steps=tuple(steps), trim_format=m["trim_format"],
         class_dirs=m["class_dirs"], flat=m["layout"] == "flat", verify=m["verify"],

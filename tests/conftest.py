@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 import threading
 
 import pytest
@@ -42,10 +43,12 @@ def by_clip(records):
     return {(r["split"], r["class_dir"], r["clip_id"]): r for r in records}
 
 
+_VIDEO_CACHE = tempfile.TemporaryDirectory(prefix="kinetics-prep-test-videos-")  # removed at exit
+
+
 @functools.lru_cache(maxsize=None)
 def _cached_video(seconds, fps, width, height, audio):
-    path = pathlib.Path(os.environ.get("PYTEST_VIDEO_CACHE", "/tmp")) / \
-        f"kinetics-prep-test-{seconds}-{fps}-{width}x{height}-{int(audio)}-{os.getpid()}.mp4"
+    path = pathlib.Path(_VIDEO_CACHE.name) / f"{seconds}-{fps}-{width}x{height}-{int(audio)}.mp4"
     synthetic_video(str(path), seconds, fps=fps, width=width, height=height, audio=audio)
     return path
 

@@ -32,6 +32,7 @@ def test_help_lists_options():
     (["--dataset", "kinetics400", "--output", "o", "--classes", "juggling cats"], "not in the kinetics400"),
     (["--dataset", "kinetics400", "--output", "o", "--trim-format", "%s/.."], "not a safe file-name"),
     (["--dataset", "kinetics400", "--output", "o", "--limit", "many"], "invalid int value"),
+    (["--dataset", "kinetics400", "--output", "o", "--clips-per-shard", "0"], "--clips-per-shard >= 1"),
     (["--dataset", "kinetics400"], "no output"),
     (["--output", "o", "--annotations", "a.csv"], "name a dataset"),
 ])

@@ -3,7 +3,6 @@ failures.csv, label_map.txt and MMAction2 file lists."""
 import csv
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 import pytest
 
 import mmaction2_reference as mm
-from conftest import ANNOTATIONS, ROOT, by_clip, make_video, read_records, run_cli, write_csv
+from conftest import ANNOTATIONS, ROOT, make_video, read_records, run_cli, write_csv
 from transforms.reader import clean_class_dir
 
 K400_VAL = ANNOTATIONS / "activitynet_kinetics-400_val.csv"

@@ -1,7 +1,6 @@
 """The video stage inside the pipeline: local and CVDF sources, ledger, re-runs, whole writes."""
 import io
 import json
-import os
 import shutil
 import tarfile
 
@@ -9,7 +8,7 @@ import cv2
 import fsspec
 import pytest
 
-from conftest import VIDEOS, by_clip, make_video, read_records, run_cli, serve_dir, write_csv
+from conftest import VIDEOS, make_video, read_records, run_cli, serve_dir, write_csv
 
 HEAD = "label,youtube_id,time_start,time_end,split\n"
 FAST = ["--flow-algorithm", "dis"]

@@ -30,9 +30,18 @@ def is_local(url):
 
 
 def normalize(url):
-    """One spelling per location: absolute local paths, protocol-qualified remote urls."""
-    fs, path = filesystem(url)
-    return os.path.abspath(path) if is_local(url) else fs.unstrip_protocol(path).rstrip("/")
+    """One spelling per location: absolute local paths, protocol-qualified remote urls.
+
+    Works on the string alone: making a gcsfs instance would search for credentials.
+    """
+    cls = fsspec.get_filesystem_class(protocol(url))
+    path = cls._strip_protocol(url)
+    if is_local(url):
+        return os.path.abspath(path)
+    if "://" in path:
+        return path.rstrip("/")
+    name = cls.protocol if isinstance(cls.protocol, str) else cls.protocol[0]
+    return f"{name}://{path}".rstrip("/")
 
 
 def join(base, *parts):
