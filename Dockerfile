@@ -17,10 +17,13 @@ COPY configs configs
 COPY pipeline pipeline
 COPY transforms transforms
 
-# Keep the image's Beam: the pipeline is submitted with the same version.
+# Keep the image's Beam: the pipeline is submitted with the same version. The check runs from /,
+# so it imports the installed package (and its bundled configs), not the source copy here.
 RUN pip install --no-cache-dir . "apache-beam[gcp]==${BEAM_VERSION}" \
     && pip check \
-    && python -c "import av, cv2, deno, imageio_ffmpeg, yt_dlp, pipeline.build; \
+    && cd / && python -c "import av, cv2, deno, imageio_ffmpeg, yt_dlp, pipeline.build; \
+from pipeline.options import builtin_config; builtin_config('kinetics400'); \
+assert not pipeline.build.__file__.startswith('/opt/kinetics-prep/'), pipeline.build.__file__; \
 cv2.optflow.DualTVL1OpticalFlow_create(); print(imageio_ffmpeg.get_ffmpeg_exe(), deno.find_deno_bin())"
 
 # The Beam SDK harness boot program must stay the entrypoint.

@@ -15,7 +15,8 @@ seconds.total (one clip's time inside a worker).
 Memory: every 0.2 s the command's process tree is walked in /proc and each process's VmHWM
 (the kernel's peak resident set size for that process) is kept; the last value read before
 a process exits is its peak, missing at most the last 0.2 s. SDK workers are the processes
-running apache_beam.runners.worker.sdk_worker_main; the launcher is reported apart.
+running apache_beam.runners.worker.sdk_worker_main; each one's peak is printed (and the
+largest compared between input sizes); the launcher is reported apart.
 
     .venv/bin/python bench/bench_scale.py [--clips 200] [--rss-clips 100,1000] [--steps fetch,resize,rgb]
 """
@@ -115,12 +116,17 @@ def run(ann, src, out, workers, steps, extra):
     records = [json.loads(p.read_text()) for p in ledger]
     statuses = [r["status"] for r in records]
     per_clip = sorted(r.get("seconds", {}).get("total", 0) for r in records)
-    worker_rss = [kib for pid, kib in peaks.items()
+    worker_rss = [kib / 1024 for pid, kib in sorted(peaks.items())
                   if "sdk_worker_main" in names[pid] and Path(names[pid].split()[0]).name.startswith("python")]
     return {"wall": wall, "clips": len(ledger), "ok": statuses.count("ok"), "median_s": per_clip[len(per_clip) // 2],
             "steady": (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan"),
-            "workers_seen": len(worker_rss), "worker_rss_mib": max(worker_rss, default=0) / 1024,
-            "launcher_rss_mib": peaks.get(proc.pid, 0) / 1024}
+            "workers_seen": len(worker_rss), "worker_rss_mib": max(worker_rss, default=0),
+            "each_worker_mib": worker_rss, "launcher_rss_mib": peaks.get(proc.pid, 0) / 1024}
+
+
+def each(r):
+    """Every worker's peak RSS in MiB, in process start (pid) order."""
+    return " ".join(f"{mib:.1f}" for mib in r["each_worker_mib"]) or "-"
 
 
 def main():
@@ -151,23 +157,24 @@ def main():
         speed = {}
         print(f"\nthroughput, {args.clips} clips, same input:", flush=True)
         print(f"{'workers':>7} {'wall s':>8} {'clips/s end-to-end':>19} {'clips/s steady':>15} {'ok':>6} "
-              f"{'worker processes':>17} {'median s/clip in worker':>24}")
+              f"{'worker processes':>17} {'median s/clip in worker':>24}  peak MiB of each worker")
         for workers in (1, 2):
             r = run(subset(args.clips), src, work / f"out_w{workers}", workers, args.steps, args.extra)
             speed[workers] = r
             print(f"{workers:>7} {r['wall']:>8.1f} {args.clips / r['wall']:>19.2f} {r['steady']:>15.2f} "
-                  f"{r['ok']:>6} {r['workers_seen']:>17} {r['median_s']:>24.3f}", flush=True)
+                  f"{r['ok']:>6} {r['workers_seen']:>17} {r['median_s']:>24.3f}  {each(r)}", flush=True)
         print(f"speed-up 2 vs 1 workers: end-to-end {speed[1]['wall'] / speed[2]['wall']:.2f}x, "
               f"steady {speed[2]['steady'] / speed[1]['steady']:.2f}x (target >= 1.7x)")
 
         print("\npeak RSS, 2 workers:", flush=True)
-        print(f"{'clips':>7} {'wall s':>8} {'workers seen':>13} {'max worker MiB':>15} {'launcher MiB':>13}")
+        print(f"{'clips':>7} {'wall s':>8} {'workers seen':>13} {'max worker MiB':>15} {'launcher MiB':>13}  "
+              f"peak MiB of each worker")
         rss = {}
         for n in rss_sizes:
             r = run(subset(n), src, work / f"out_rss{n}", 2, args.steps, args.extra)
             rss[n] = r
             print(f"{n:>7} {r['wall']:>8.1f} {r['workers_seen']:>13} {r['worker_rss_mib']:>15.1f} "
-                  f"{r['launcher_rss_mib']:>13.1f}", flush=True)
+                  f"{r['launcher_rss_mib']:>13.1f}  {each(r)}", flush=True)
         small, large = rss[rss_sizes[0]], rss[rss_sizes[-1]]
         print(f"peak RSS {rss_sizes[-1]} vs {rss_sizes[0]} clips: worker "
               f"{large['worker_rss_mib'] / small['worker_rss_mib']:.3f}x, launcher "

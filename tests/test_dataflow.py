@@ -1,7 +1,10 @@
 """The Dataflow job, built offline: `--runner=DataflowRunner --dry_run=True` translates the whole
 pipeline (overrides, portable proto, environments, staged packages) and stops before any upload
 or API call, so no credentials are needed and nothing beyond this machine may be contacted."""
+import ast
+import re
 import socket
+import sys
 import tarfile
 import tempfile
 
@@ -106,3 +109,36 @@ def test_dataflow_refuses_local_paths_and_dry_runs_from_the_cli(tmp_path, offlin
     assert run_cli(*common, "--annotations", "gs://bkt/ann/train.csv", "--output", "gs://bkt/out") == 0
     assert "dry run: the DataflowRunner job was built and validated" in capsys.readouterr().out
     assert offline == []
+
+
+def dockerfile():
+    return (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+
+
+def test_dockerfile_versions_match_this_environment():
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", dockerfile(), re.M))
+    assert args["BEAM_VERSION"] == beam.__version__
+    assert args["PY_VERSION"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert re.search(r"^FROM apache/beam_python\$\{PY_VERSION\}_sdk:\$\{BEAM_VERSION\}$", dockerfile(), re.M)
+
+
+def setup_keywords():
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    return {k.arg: ast.literal_eval(k.value) for k in call.keywords
+            if k.arg in ("packages", "package_dir")}
+
+
+def test_dockerfile_copies_everything_setup_py_packages():
+    text = dockerfile()
+    copies = [line.split() for line in re.findall(r"^COPY (.+)$", text, re.M)]
+    assert all(dest in ("./", srcs[0]) for *srcs, dest in copies if len(srcs) == 1)  # the layout stays
+    copied = {src.rstrip("/") for *srcs, _ in copies for src in srcs}
+    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    kw = setup_keywords()
+    dirs = {kw["package_dir"].get(pkg, pkg.replace(".", "/")) for pkg in kw["packages"]}
+    needed = {"setup.py", "README.md"} | {d.split("/")[0] for d in dirs}
+    assert needed <= copied and needed <= allowed, (needed - copied, needed - allowed)
+    check = text[text.index("pip check"):]
+    assert re.search(r"&& cd / && python -c", check) and "builtin_config('kinetics400')" in check

@@ -1,10 +1,14 @@
 """gs:// end to end against a real GCS emulator process: every output read back through gcsfs
-and compared with a local run of the same input."""
+and compared with a local run of the same input, and a run whose every input is on gs:// too."""
+import io
 import json
+import os
+import pathlib
 import re
 import types
 
 import apache_beam as beam
+import av
 import cv2
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from gcs_emulator import gcs  # noqa: F401  (fixture)
 from conftest import make_video, run_cli, write_csv
+from pipeline import demo
 from pipeline import options as cli_options
 from transforms import report, shards, storage
 
@@ -162,3 +167,39 @@ def test_demo_on_gcs_matches_local(gcs, demo_dir, tmp_path, monkeypatch):
     good = [r for r in records_of(remote, "gs://bucket/prefix") if r["status"] == "ok"]
     assert sorted(k for index in indexes for v in index.values() for k in v["keys"]) == \
         sorted(f"{r['class_dir']}/{r['clip_id']}" for r in good)
+
+
+@pytest.fixture(scope="module")
+def demo_inputs(demo_dir):
+    """The demo's annotation CSVs and source videos (written once, in demo_dir/data/demo/inputs)."""
+    cwd = os.getcwd()
+    os.chdir(demo_dir)
+    try:
+        settings = cli_options.resolve(["--dataset", "demo"])[0]
+        demo.prepare(settings)
+    finally:
+        os.chdir(cwd)
+    return pathlib.Path(settings.annotations[0]).parent, list(reversed(settings.labels))
+
+
+def test_every_input_on_gcs(gcs, demo_inputs):
+    """Annotations, --config, the label map it names and --video-root on gs://, the output too."""
+    inputs, labels = demo_inputs
+    gcs.put(str(inputs), "bucket/in", recursive=True)
+    gcs.pipe("bucket/in/labels.txt", "".join(f"{label}\n" for label in labels).encode())
+    gcs.pipe("bucket/in/demo.yaml", b"name: demo\nlabel_map: gs://bucket/in/labels.txt\nsplits: train,val\n"
+                                    b"source: local\n")
+    out = "gs://bucket/all-gs"
+    assert run_cli("--config", "gs://bucket/in/demo.yaml", "--annotations", "gs://bucket/in/train.csv",
+                   "--annotations", "gs://bucket/in/validate.csv", "--video-root", "gs://bucket/in/videos",
+                   "--steps", "fetch", "--output", out) == 0
+    files = snapshot(out)
+    assert json.loads(files["summary.json"])["total"] == {"ok": 12, "missing": 1, "short": 1}
+    assert files["label_map.txt"].decode().splitlines() == labels
+    records = records_of(files, out)
+    assert len(records) == 14
+    for rec in records:
+        assert rec["label_index"] == labels.index(rec["label"])
+        if rec["status"] == "ok":
+            with av.open(io.BytesIO(files[rec["outputs"]["video"]])) as container:
+                assert sum(1 for _ in container.decode(video=0)) == rec["frames"] > 0

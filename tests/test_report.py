@@ -11,7 +11,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from conftest import make_video
-from transforms import report, storage
+from transforms import report, shards, storage
 from transforms.records import Clip
 
 COLOURS = {1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255), 4: (255, 255, 0)}  # BGR per rgb frame index
@@ -173,6 +173,34 @@ def test_html_counts_and_references(outputs):
     assert page.value({"kind": "rgb"}, column=1) == "8000"
     text = (out / "report.html").read_text()
     assert "&lt;path&gt;: no such file" in text and "http" not in text.lower().replace("http-equiv", "")
+    assert 'id="shards"' not in text and not any(a.get("step") == "shards" for a, _ in page.rows)
+
+
+def run_with_shards(recs, s):
+    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+        records = p | beam.Create(recs)
+        _ = records | report.WriteReport(s, records | shards.WriteShards(s))
+    return Page((pathlib.Path(s.output) / "report.html").read_text())
+
+
+def test_html_shards_table(outputs):
+    out, recs = outputs
+    s = settings(str(out), steps=("rgb", "flow", "shards"), shard_frames=True, shard_size_mb=1024,
+                 clips_per_shard=1)
+    page = run_with_shards(recs, s)
+    tars = {split: sorted((out / "shards" / split).glob("*.tar")) for split in ("train", "val")}
+    assert [len(tars["train"]), len(tars["val"])] == [2, 1]
+    for split, clips in (("train", 2), ("val", 1), ("total", 3)):
+        files = tars.get(split, tars["train"] + tars["val"])
+        assert page.value({"shards": split}, {"col": "shards"}) == str(len(files))
+        assert page.value({"shards": split}, {"col": "clips"}) == str(clips)
+        assert page.value({"shards": split}, {"col": "bytes"}) == str(sum(f.stat().st_size for f in files))
+        assert page.value({"shards": split}, {"col": "built"}) == str(len(files))
+    assert page.value({"step": "shards"}, column=1) == "3"
+    again = run_with_shards(recs, s)
+    assert again.value({"shards": "total"}, {"col": "clips"}) == "3"
+    assert again.value({"shards": "total"}, {"col": "built"}) == "0"
+    assert [again.value({"step": "shards"}, column=c) for c in (1, 3, 4)] == ["0", "-", "-"]
 
 
 def test_empty_run_writes_a_report_without_a_sheet(tmp_path):

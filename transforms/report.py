@@ -2,7 +2,8 @@
 
 The HTML is self-contained (inline CSS, no script) and references only the PNG. It shows
 counts per split and status, per class, the most common failure reasons, seconds and
-throughput per step, bytes per output kind, and the contact sheet.
+throughput per step, bytes per output kind, the shards per split (when the run wrote them), and
+the contact sheet.
 
 Contact sheet: a grid of cells CELL_W x CELL_H pixels, COLUMNS wide and 1 + rows high. The
 top row names the columns; then one row per sampled clip: a text cell (class, clip id,
@@ -31,7 +32,7 @@ COLUMNS = 1 + RGB_COLS + FLOW_COLS
 SHEET_ROWS = 8
 TOP_REASONS = 20
 MAX_REASONS = 500
-STEPS = ("fetch", "decode", "trim", "resize", "rgb", "flow", "total")
+STEPS = ("fetch", "decode", "trim", "resize", "rgb", "flow", "total", "shards")
 SHEET = "report/contact_sheet.png"
 FLOW_ZERO = 127.5  # quantised flow: 128 is no motion, 0/255 are -/+ the bound (20 px by default)
 FLOW_FULL = FLOW_ZERO / 4  # full brightness at a quarter of the bound (5 px)
@@ -284,12 +285,27 @@ def _throughput(seconds):
     rows = []
     for step in sorted(seconds, key=lambda s: (STEPS.index(s) if s in STEPS else len(STEPS), s)):
         total, n = seconds[step]
-        rows.append((_attr(step=step), [("", step), ("", n), ("", f"{total:.1f}"), ("", f"{total / n:.3f}"),
-                                        ("", f"{n / total:.2f}" if total else "-")]))
+        rows.append((_attr(step=step), [("", step), ("", n), ("", f"{total:.1f}"),
+                                        ("", f"{total / n:.3f}" if n else "-"),
+                                        ("", f"{n / total:.2f}" if total and n else "-")]))
     return _table("throughput", ["step", "clips", "seconds", "s/clip", "clips/s per worker"], rows)
 
 
-def render_html(stats, settings, sheet):
+def shard_seconds(shards):
+    """The time table's shards row: (seconds, clips in the shards this run built)."""
+    return sum(s["seconds"] for s in shards), sum(s["built_clips"] for s in shards)
+
+
+def _shards(shards):
+    splits = sorted(shards, key=lambda s: s["split"])
+    total = {"split": "total", **{k: sum(s[k] for s in splits) for k in ("shards", "clips", "bytes", "built")}}
+    rows = [(_attr(shards=s["split"]), [("", s["split"])] + [(_attr(col=k), s[k]) for k in ("shards", "clips", "bytes")]
+             + [("", _human(s["bytes"])), (_attr(col="built"), s["built"])]) for s in splits + [total]]
+    return _table("shards", ["split", "shards", "clips", "bytes", "size", "built this run"], rows)
+
+
+def render_html(stats, settings, sheet, shards=None):
+    """The page; `shards`: WriteShards' summaries, or None when the run had no shards step."""
     counts = stats["counts"]
     splits = sorted({s for s, _, _ in counts})
     statuses = [s for s in STATUSES if any(st == s for _, _, st in counts)]
@@ -300,7 +316,10 @@ def render_html(stats, settings, sheet):
         (_attr(kind=k), [("", k), ("", n), ("", _human(n))]) for k, n in sorted(stats["bytes"].items())])
     picture = (f'<p><img src="{SHEET}" alt="contact sheet" width="{CELL_W * COLUMNS}"></p>' if sheet
                else "<p>No finished clip to show.</p>")
-    timing = _throughput(stats["seconds"]) if stats["seconds"] else "<p>No step ran.</p>"
+    seconds = dict(stats["seconds"], **({"shards": shard_seconds(shards)} if shards is not None else {}))
+    timing = _throughput(seconds) if seconds else "<p>No step ran.</p>"
+    packed = (f"<h2>Shards</h2><p>WebDataset tars under <code>shards/</code>; a shard whose inputs did not "
+              f"change since the last run is kept as it is.</p>{_shards(shards)}" if shards is not None else "")
     title = html.escape(f"kinetics-prep report: {settings.dataset}")
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{CSS}</style></head><body><h1>{title}</h1>"
@@ -312,11 +331,11 @@ def render_html(stats, settings, sheet):
             f"optical flow (hue = direction, brightness = magnitude).</p>{picture}"
             f"<h2>Failure reasons</h2>{reasons if top else '<p>None.</p>'}"
             f"<h2>Time per step (this run)</h2>{timing}"
-            f"<h2>Bytes per output</h2>{sizes}"
+            f"<h2>Bytes per output</h2>{sizes}{packed}"
             f"<h2>Clips per class</h2>{_classes(counts, splits)}</body></html>\n")
 
 
-def write_report(stats, settings):
+def write_report(stats, settings, shards=None):
     """Write report/contact_sheet.png (when a clip can be shown) and report.html; return the html url."""
     sheet_url = storage.join(settings.output, SHEET)
     sheet = None
@@ -326,18 +345,21 @@ def write_report(stats, settings):
     else:
         storage.remove(sheet_url)
     url = storage.join(settings.output, "report.html")
-    storage.write_text(url, render_html(stats, settings, sheet is not None))
+    storage.write_text(url, render_html(stats, settings, sheet is not None, shards))
     return url
 
 
 class WriteReport(beam.PTransform):
-    """All records in; report.html and report/contact_sheet.png written; the html url out."""
+    """All records in; report.html and report/contact_sheet.png written; the html url out.
+    `shards`: WriteShards' output (one summary per split), read as a side input, or None."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, shards=None):
         super().__init__()
         self.settings = settings
+        self.shards = shards
 
     def expand(self, records):
+        shards = beam.pvalue.AsList(self.shards) if self.shards is not None else None
         return (records
                 | "Stats" >> beam.CombineGlobally(ReportStats(self.settings.run_id))
-                | "Write" >> beam.Map(write_report, self.settings))
+                | "Write" >> beam.Map(write_report, self.settings, shards))

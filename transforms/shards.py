@@ -1,21 +1,27 @@
 """WebDataset tar shards of the finished clips: shards/{split}/{dataset}-{split}-{NNNNNN}.tar.
 
 One sample per good clip, keyed `{class_dir}/{clip_id}` (flat layout: `{clip_id}`), with
-members `{key}.mp4` (resized if present, else trimmed), `{key}.json` (metadata) and, when
+members `{key}.mp4` (resized if present, else trimmed), `{key}.json` (metadata of what the
+sample holds: width/height/frames are the packed mp4's) and, when
 frames are sharded, `{key}.img_00001.jpg`, `{key}.flow_x_00001.jpg`, ... WebDataset splits a
 member name at the first dot of its basename, so keys carry no dot ("." is written "%2E").
+With the flat layout a clip id in two classes keeps the first class's clip; the others are
+logged, counted (shards/duplicate_keys) and listed in the index beside the kept one.
 
 Clips are packed greedily in (class_dir, clip_id) order up to a byte target or a clip count,
 and tar headers are fixed (mtime 0, uid/gid 0, mode 0644, POSIX pax), so the same finished
 clips always give byte-identical shards. Each shard is built in a local temp file, streamed
-member by member, and uploaded whole. shards/{split}/index.json lists each shard's keys and
-bytes; shards of earlier runs that are no longer planned are removed.
+member by member, and uploaded whole. shards/{split}/index.json lists each shard's keys, bytes
+and a fingerprint of its inputs; a shard whose fingerprint and size match the previous index is
+kept as it is. Shards of earlier runs that are no longer planned are removed.
 """
+import hashlib
 import io
 import json
 import logging
 import os
 import tarfile
+import time
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -27,6 +33,8 @@ MIB = 1 << 20
 META_FIELDS = ("label", "label_index", "youtube_id", "time_start", "time_end", "fps", "frames",
                "width", "height", "duration", "split", "clip_id", "class_dir")
 MEMBER_OVERHEAD = 768  # one 512-byte header plus, on average, half a block of padding
+VIDEO_NAMES = {"resized": "resized", "video": "trimmed"}
+SHARD_FORMAT = 1  # bump when the bytes a sample gives change, so every fingerprint changes
 
 log = logging.getLogger(__name__)
 
@@ -56,40 +64,77 @@ def frame_names(rgb, flow, base=1):
     return sorted(names)
 
 
+def metadata(record, video_kind, kinds):
+    """The sample's JSON fields: width/height/frames describe the mp4 it holds (`video` names it)."""
+    meta = {f: record.get(f) for f in META_FIELDS}
+    meta["video"] = VIDEO_NAMES.get(video_kind)
+    if video_kind == "resized":
+        meta["width"], meta["height"] = record.get("resized_size") or (None, None)
+        meta["frames"] = record.get("resized_frames")
+    for kind in kinds:
+        meta[f"{kind}_frames"] = record.get(f"{kind}_frames")
+    if kinds and record.get("frame_size"):
+        meta["frame_size"] = record["frame_size"]
+    return meta
+
+
+def _video_bytes(record, output, kind):
+    size = (record.get("sizes") or {}).get(kind)
+    return size if size is not None else _stat_size(storage.join(output, record["outputs"][kind]))
+
+
+def _frame_bytes(record, output, kinds, names):
+    sizes = record.get("sizes") or {}
+    if all(k in sizes for k in kinds):
+        return sum(sizes[k] for k in kinds)
+    listed = storage.find_files(storage.join(output, record["outputs"][kinds[0]]), detail=True)
+    wanted = set(names)
+    return sum(i["size"] for u, i in listed.items() if u.rsplit("/", 1)[-1] in wanted)
+
+
+def _digest(value):
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def sample(record, output, *, flat=False, frames=False, frame_base=1):
     """What a good clip contributes to a shard, or None if it has nothing to shard.
 
     `bytes` estimates the clip's share of the tar from the record's `sizes` (a stat when
     they are missing); it drives packing only, the tar holds the files as they are.
+    `fingerprint` digests the sample's inputs: key, JSON, member paths, counts and sizes.
     """
     outputs = record.get("outputs") or {}
-    sizes = record.get("sizes") or {}
     video_kind = next((k for k in ("resized", "video") if k in outputs), None)
     counts = {"rgb": record.get("rgb_frames") or 0, "flow": record.get("flow_frames") or 0}
     kinds = tuple(k for k in ("rgb", "flow") if frames and k in outputs and counts[k])
     if video_kind is None and not kinds:
         return None
-    meta = json.dumps({f: record.get(f) for f in META_FIELDS}, sort_keys=True,
-                      separators=(",", ":")).encode("utf-8")
-    total = len(meta) + MEMBER_OVERHEAD
-    if video_kind:
-        size = sizes.get(video_kind)
-        total += (size if size is not None else _stat_size(storage.join(output, outputs[video_kind]))) \
-            + MEMBER_OVERHEAD
+    meta = json.dumps(metadata(record, video_kind, kinds), sort_keys=True, separators=(",", ":"))
+    video_bytes = _video_bytes(record, output, video_kind) if video_kind else 0
     frame_counts = [counts[k] if k in kinds else 0 for k in ("rgb", "flow")] + [frame_base]
-    if kinds:
-        names = frame_names(*frame_counts)
-        if all(k in sizes for k in kinds):
-            total += sum(sizes[k] for k in kinds)
-        else:
-            listed = storage.find_files(storage.join(output, outputs[kinds[0]]), detail=True)
-            wanted = set(names)
-            total += sum(i["size"] for u, i in listed.items() if u.rsplit("/", 1)[-1] in wanted)
-        total += len(names) * MEMBER_OVERHEAD
+    names = frame_names(*frame_counts) if kinds else []
+    frame_bytes = _frame_bytes(record, output, kinds, names) if kinds else 0
+    key = sample_key(record["class_dir"], record["clip_id"], flat)
+    video, frames_dir = outputs.get(video_kind), outputs[kinds[0]] if kinds else None
+    members = 1 + bool(video_kind) + len(names)
     return {"split": record["split"], "class_dir": record["class_dir"], "clip_id": record["clip_id"],
-            "key": sample_key(record["class_dir"], record["clip_id"], flat), "bytes": total,
-            "meta": meta.decode("utf-8"), "video": outputs.get(video_kind),
-            "frames": outputs[kinds[0]] if kinds else None, "frame_counts": frame_counts}
+            "key": key, "bytes": len(meta.encode()) + video_bytes + frame_bytes + members * MEMBER_OVERHEAD,
+            "meta": meta, "video": video, "frames": frames_dir, "frame_counts": frame_counts,
+            "fingerprint": _digest([key, meta, video, video_bytes, frames_dir, frame_counts, frame_bytes])}
+
+
+def dedupe(entries):
+    """(entries in (class_dir, clip_id) order, each key's first only; the other clips that had a
+    taken key, as {"key", "class_dir", "clip_id"}). A repeated (class_dir, clip_id) is dropped silently."""
+    kept, skipped, owner = [], [], {}
+    for entry in sorted(entries):
+        class_dir, clip_id, key, _ = entry
+        if key not in owner:
+            owner[key] = (class_dir, clip_id)
+            kept.append(entry)
+        elif owner[key] != (class_dir, clip_id):
+            skipped.append({"key": key, "class_dir": class_dir, "clip_id": clip_id})
+    return kept, skipped
 
 
 def plan(entries, dataset, split, *, size_mb=1024, per_shard=None):
@@ -100,11 +145,8 @@ def plan(entries, dataset, split, *, size_mb=1024, per_shard=None):
     clip would take the shard past `size_mb` MiB. A clip larger than the target gets its own.
     """
     limit = size_mb * MIB
-    shards, keys, filled, seen = [], [], 0, set()
-    for _, _, key, size in sorted(entries):
-        if key in seen:
-            continue
-        seen.add(key)
+    shards, keys, filled = [], [], 0
+    for _, _, key, size in dedupe(entries)[0]:
         full = len(keys) >= per_shard if per_shard else filled + size > limit
         if keys and full:
             shards.append(keys)
@@ -172,22 +214,62 @@ def write_tar(path, samples, output):
     return keys
 
 
-def write_shard(split, name, samples, output):
-    """Build one shard locally and upload it whole; {"split", "name", "keys", "bytes"}."""
-    with storage.local_staging() as tmp:
-        path = os.path.join(tmp, name)
-        keys = write_tar(path, samples, output)
-        size = os.path.getsize(path)
-        storage.put_file(path, storage.join(shard_dir(output, split), name))
-    Metrics.counter("shards", "written").inc()
-    Metrics.distribution("shards", "bytes").update(size)
-    return {"split": split, "name": name, "keys": keys, "bytes": size}
+def shard_fingerprint(samples):
+    return _digest([SHARD_FORMAT] + [s["fingerprint"] for s in samples])
 
 
-def write_index(split, planned, written, output):
-    """shards/{split}/index.json ({name: {"keys", "bytes"}}); remove tars that are not planned."""
+def reusable(url, previous, fingerprint):
+    """Whether the shard at `url` is the one `previous` (its index entry) describes, with these inputs."""
+    if not previous or previous.get("fingerprint") != fingerprint:
+        return False
+    try:
+        return _stat_size(url) == previous.get("bytes")
+    except FileNotFoundError:
+        return False
+
+
+def write_shard(split, name, samples, output, previous=None):
+    """Build one shard locally and upload it whole, unless `previous` (its entry in the last index)
+    shows the same inputs and the shard is there at that size. {"split", "name", "keys", "bytes",
+    "fingerprint", "built", "seconds"}; a shard that left a sample out gets no fingerprint."""
+    started = time.perf_counter()
+    url = storage.join(shard_dir(output, split), name)
+    fingerprint = shard_fingerprint(samples)
+    built = not reusable(url, previous, fingerprint)
+    if built:
+        with storage.local_staging() as tmp:
+            path = os.path.join(tmp, name)
+            keys = write_tar(path, samples, output)
+            size = os.path.getsize(path)
+            storage.put_file(path, url)
+        fingerprint = fingerprint if len(keys) == len(samples) else None
+        Metrics.distribution("shards", "bytes").update(size)
+    else:
+        keys, size = [s["key"] for s in samples], previous["bytes"]
+    Metrics.counter("shards", "written" if built else "unchanged").inc()
+    return {"split": split, "name": name, "keys": keys, "bytes": size, "fingerprint": fingerprint,
+            "built": built, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def read_index(output, split):
+    """The split's index.json as {name: entry}, or {} when there is none (or it is unreadable)."""
+    try:
+        data = json.loads(storage.read_bytes(storage.join(shard_dir(output, split), "index.json")))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {n: e for n, e in data.items() if isinstance(e, dict)} if isinstance(data, dict) else {}
+
+
+def write_index(split, planned, written, output, skipped=None):
+    """shards/{split}/index.json ({name: {"keys", "bytes", "fingerprint"[, "skipped_duplicates"]}});
+    remove tars that are not planned. `skipped`: {name: clips whose key that shard holds for another}."""
     folder = shard_dir(output, split)
-    index = {w["name"]: {"keys": w["keys"], "bytes": w["bytes"]} for w in sorted(written, key=lambda w: w["name"])}
+    skipped = skipped or {}
+    index = {}
+    for w in sorted(written, key=lambda w: w["name"]):
+        index[w["name"]] = {"keys": w["keys"], "bytes": w["bytes"], "fingerprint": w["fingerprint"]}
+        if skipped.get(w["name"]):
+            index[w["name"]]["skipped_duplicates"] = skipped[w["name"]]
     storage.write_text(storage.join(folder, "index.json"), json.dumps(index, indent=1) + "\n")
     keep = set(planned)
     for url in storage.find_files(folder):
@@ -195,6 +277,15 @@ def write_index(split, planned, written, output):
         if name.endswith(".tar") and name not in keep:
             storage.remove(url)
     return index
+
+
+def summary(split, index, written):
+    """What the report shows of a split's shards: all of them, and those built by this run."""
+    built = [w for w in written if w["built"]]
+    return {"split": split, "shards": len(index), "clips": sum(len(e["keys"]) for e in index.values()),
+            "bytes": sum(e["bytes"] for e in index.values()), "built": len(built),
+            "built_clips": sum(len(w["keys"]) for w in built),
+            "seconds": round(sum(w["seconds"] for w in written), 3)}
 
 
 def _entry(record, settings):
@@ -216,43 +307,59 @@ def _packing(entry):
 
 
 def _plan_split(split_entries, settings):
+    """(split, {"shards": plan, "skipped": {name: duplicates}, "previous": the last index's entries})."""
     split, entries = split_entries
-    entries = [e for e in entries if e]
-    return split, plan(entries, settings.dataset, split, size_mb=settings.shard_size_mb,
-                       per_shard=settings.clips_per_shard)
+    kept, skipped = dedupe([e for e in entries if e])
+    shards = plan(kept, settings.dataset, split, size_mb=settings.shard_size_mb,
+                  per_shard=settings.clips_per_shard)
+    where = {key: name for name, keys in shards for key in keys}
+    by_shard = {}
+    for dup in skipped:
+        log.warning("shard: leaving out %s/%s: its key %s is taken by another clip of %s",
+                    dup["class_dir"], dup["clip_id"], dup["key"], split)
+        by_shard.setdefault(where[dup["key"]], []).append(dup)
+    Metrics.counter("shards", "duplicate_keys").inc(len(skipped))
+    previous = {n: {"bytes": e.get("bytes"), "fingerprint": e.get("fingerprint")}
+                for n, e in read_index(settings.output, split).items()}
+    return split, {"shards": shards, "skipped": by_shard, "previous": previous}
 
 
 def _assignments(split_plan):
-    split, shards = split_plan
-    for name, keys in shards:
+    split, planned = split_plan
+    for name, keys in planned["shards"]:
+        previous = planned["previous"].get(name)
         for position, key in enumerate(keys):
-            yield (split, key), (name, position)
+            yield (split, key), (name, position, previous)
 
 
 def _placed(joined):
     (split, _), groups = joined
     if groups["shard"] and groups["sample"]:
-        (name, position), = groups["shard"]
+        (name, position, previous), = groups["shard"]
         smp = min(groups["sample"], key=lambda s: (s["class_dir"], s["meta"]))
-        yield (split, name), (position, smp)
+        yield (split, name), (position, smp, previous)
 
 
 def _write(shard, settings):
     (split, name), placed = shard
-    return write_shard(split, name, [s for _, s in sorted(placed, key=lambda p: p[0])], settings.output)
+    placed = sorted(placed, key=lambda p: p[0])
+    return write_shard(split, name, [s for _, s, _ in placed], settings.output, placed[0][2])
 
 
 def _index(joined, settings):
     split, groups = joined
-    planned = [name for names in groups["planned"] for name in names]
-    return split, write_index(split, planned, groups["written"], settings.output)
+    (planned,) = groups["planned"]
+    written = list(groups["written"])
+    index = write_index(split, planned["names"], written, settings.output, planned["skipped"])
+    return summary(split, index, written)
 
 
 class WriteShards(beam.PTransform):
-    """All records in (every split and status); (split, index) out, once its shards are written.
+    """All records in (every split and status); one summary per split out (see `summary`), once
+    its shards and index are written.
 
     Packing sees only (key, bytes) per clip, so a split's plan stays small; each shard is then
-    gathered by key and written by whichever worker gets it.
+    gathered by key and written (or found unchanged) by whichever worker gets it.
     """
 
     def __init__(self, settings):
@@ -278,7 +385,8 @@ class WriteShards(beam.PTransform):
                    | "ByShard" >> beam.GroupByKey()
                    | "WriteShard" >> beam.Map(_write, settings)
                    | "WrittenBySplit" >> beam.Map(lambda w: (w["split"], w)))
-        planned = plans | "Names" >> beam.Map(lambda p: (p[0], [name for name, _ in p[1]]))
+        planned = plans | "Names" >> beam.Map(
+            lambda p: (p[0], {"names": [name for name, _ in p[1]["shards"]], "skipped": p[1]["skipped"]}))
         return ({"planned": planned, "written": written}
                 | "JoinSplit" >> beam.CoGroupByKey()
                 | "WriteIndex" >> beam.Map(_index, settings))
