@@ -3,10 +3,16 @@ HTTP server on 127.0.0.1; plus the pure parts (taxonomy, backoff, governor, brea
 import os
 import pickle
 import random
+import signal
+import subprocess
+import sys
+import threading
 import time
 
 import av
+import imageio_ffmpeg
 import pytest
+import yt_dlp
 import yt_dlp.version
 
 import faultserver as fs
@@ -14,6 +20,7 @@ from transforms import fetch
 
 SOURCE_SECONDS, FPS = 60, 10
 ID = "okvideo0001"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fetch.__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +61,11 @@ def decoded_frames(path):
 # --- real fetches ------------------------------------------------------------------------------
 
 def test_segment_fetch_reads_only_the_padded_window(fetcher, server, source, tmp_path):
-    result = fetcher().fetch(ID, 31.5, 41.5, str(tmp_path))
+    # a 2 MB/s link: unpaced, loopback socket buffers would take in the whole (small) source before
+    # each abort and inflate the server's count
+    result = fetcher(ID, then=fs.trickle(2_000_000)).fetch(ID, 31.5, 41.5, str(tmp_path))
 
-    assert result.segment and result.offset == 29.5 and result.attempts == 1
+    assert result.segment and result.offset == 29.5 and result.fetch_range == (29.5, 43.5) and result.attempts == 1
     assert result.format_id == "mp4" and result.ytdlp_version == yt_dlp.version.__version__
     assert os.listdir(tmp_path) == [os.path.basename(result.path)]
     frames = decoded_frames(result.path)
@@ -69,12 +78,13 @@ def test_segment_fetch_reads_only_the_padded_window(fetcher, server, source, tmp
     # server's byte count includes what socket buffers took in before each abort (see bench/bench_fetch.py)
     seeks = [int(rng.split("=")[1].rstrip("-")) for _, rng, _ in stats.log[1:] if rng and rng != "bytes=0-"]
     assert seeks and seeks[-1] > 0.4 * os.path.getsize(source)
-    assert stats.bytes_sent >= result.bytes_fetched
+    assert result.bytes_fetched <= stats.bytes_sent < 0.5 * os.path.getsize(source)
 
 
 def test_whole_source_when_segments_are_off(fetcher, source, tmp_path):
     result = fetcher(segment=False).fetch(ID, 20, 30, str(tmp_path))
     assert not result.segment and result.offset == 0.0 and result.bytes_fetched == os.path.getsize(source)
+    assert result.fetch_range is None
 
 
 def test_window_is_clamped_at_zero(fetcher, tmp_path):
@@ -90,7 +100,7 @@ def test_full_download_when_the_format_cannot_be_fetched_partially(fetcher, serv
     refuse_ranges = (("extractor_args", {"generic": {"fragment_query": ["token=1"]}}),)
     result = fetcher(ytdlp_opts=refuse_ranges).fetch(ID, 20, 30, str(tmp_path))
 
-    assert not result.segment and result.offset == 0.0 and result.attempts == 1
+    assert not result.segment and result.fetch_range is None and result.offset == 0.0 and result.attempts == 1
     assert result.bytes_fetched == os.path.getsize(source)
     assert decoded_frames(result.path) == list(range(SOURCE_SECONDS * FPS))
     stats = server.stats(ID)
@@ -139,11 +149,35 @@ def test_persistent_429_is_rate_limited_after_all_retries(fetcher, server, tmp_p
     assert server.stats(ID).requests == 3
 
 
-def test_retry_after_beyond_the_cap_is_not_waited_for(fetcher, tmp_path):
+def test_429_on_the_media_request_waits_at_least_half_the_backoff(fetcher, server, tmp_path):
+    # ffmpeg's ranged request (the second) answers 429, without Retry-After
     began = time.monotonic()
-    error = fails(fetcher(ID, then=fs.status(429, retry_after=3600), backoff_cap=5), tmp_path)
+    result = fetcher(ID, None, fs.status(429), backoff_base=2).fetch(ID, 20, 30, str(tmp_path))
+    elapsed = time.monotonic() - began
+
+    assert result.attempts == 2 and result.segment
+    assert [status for _, _, status in server.stats(ID).log][:3] == [200, 429, 200]
+    assert elapsed >= 1.0, "equal jitter: a 429 waits at least backoff_base / 2"
+
+
+def test_retry_after_beyond_the_cap_is_not_waited_for_but_pauses_the_worker(fetcher, tmp_path):
+    began = time.monotonic()
+    f = fetcher(ID, then=fs.status(429, retry_after=3600), backoff_cap=5)
+    error = fails(f, tmp_path)
     assert (error.status, error.attempts) == ("rate_limited", 1)
+    assert "Retry-After 3600 s: this worker pauses 900 s" in error.reason
     assert time.monotonic() - began < 5
+    assert f.worker.governor.reserve(not_after=time.monotonic() + 850) is None, "held for 15 minutes"
+
+
+def test_retry_after_pauses_the_next_clip_of_the_worker(fetcher, server, source, tmp_path):
+    f = fetcher(ID, fs.status(429, retry_after=2), retries=0)
+    error = fails(f, tmp_path)
+    assert error.status == "rate_limited" and "Retry-After 2 s" in error.reason
+    server.add("othervideo1", source)
+    began = time.monotonic()
+    assert f.fetch("othervideo1", 20, 30, str(tmp_path)).attempts == 1
+    assert time.monotonic() - began >= 1.9, "no request before the Retry-After has passed"
 
 
 def test_server_error_on_the_ranged_request_then_success(fetcher, server, tmp_path):
@@ -232,6 +266,119 @@ def test_invalid_id_raises_before_any_request(fetcher, server, tmp_path):
     assert server.total_requests == 0
 
 
+def test_interrupted_fetch_kills_its_worker_group(fetcher, server, tmp_path):
+    f = fetcher(ID, then=fs.STALL, socket_timeout=60, clip_timeout=30)
+    seen = {}
+
+    def interrupt_once_ffmpeg_waits():
+        seen["group"] = _wait_for_ffmpeg_in_worker_group(os.getpid())
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_ffmpeg_waits, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        f.fetch(ID, 20, 30, str(tmp_path))
+    assert seen["group"], "the worker ran ffmpeg in its own process group"
+    try:
+        assert not _live_members(seen["group"]), "the worker and its ffmpeg are gone"
+    finally:
+        _kill_group(seen["group"])
+    assert os.listdir(tmp_path) == []
+
+
+def test_worker_dies_with_the_process_that_started_it(server, source, tmp_path):
+    server.add(ID, source)
+    server.plan(ID, then=fs.STALL)
+    script = ("import sys\nfrom transforms import fetch\n"
+              "options = fetch.FetchOptions(url_template=sys.argv[1], socket_timeout=60, clip_timeout=60,"
+              " cache_dir=sys.argv[3] + '/cache')\n"  # a SIGKILL skips the removal of a default one
+              "fetch.Fetcher(options).fetch(sys.argv[2], 20, 30, sys.argv[3])\n")
+    parent = subprocess.Popen([sys.executable, "-c", script, server.url_template(), ID, str(tmp_path)], cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        group = _wait_for_ffmpeg_in_worker_group(parent.pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    assert group, "the worker ran ffmpeg in its own process group"
+    for _ in range(50):
+        if not _live_members(group):
+            break
+        time.sleep(0.1)
+    try:
+        assert not _live_members(group), "the orphaned worker killed its group within 5 s"
+    finally:
+        _kill_group(group)
+
+
+def _wait_for_ffmpeg_in_worker_group(parent_pid, timeout=15):
+    """The process group of `parent_pid`'s fetch worker once ffmpeg runs in it; None if not in time."""
+    for _ in range(int(timeout / 0.05)):
+        for pid, (ppid, _, _) in _processes().items():
+            if ppid == parent_pid and "transforms.fetch_worker" in _cmdline(pid):
+                if any("ffmpeg" in _cmdline(member) for member in _live_members(pid)):
+                    return pid
+        time.sleep(0.05)
+    return None
+
+
+def _kill_group(pgid):
+    """Leave no strays behind when a test fails."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _live_members(pgid):
+    return [pid for pid, (_, group, state) in _processes().items() if group == pgid and state != "Z"]
+
+
+def _processes():
+    """{pid: (parent pid, process group, state)} from /proc."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state, ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        out[int(pid)] = (int(ppid), int(pgrp), state)
+    return out
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_one_ytdlp_cache_dir_per_worker_process(fetcher, tmp_path, monkeypatch):
+    cache_dirs = []
+    run_worker = fetch._run_worker
+
+    def spy(job, job_dir, timeout):
+        cache_dirs.append(job["params"]["cachedir"])
+        return run_worker(job, job_dir, timeout)
+
+    monkeypatch.setattr(fetch, "_run_worker", spy)
+    f = fetcher()
+    f.fetch(ID, 20, 30, str(tmp_path / "a"))
+    f.fetch(ID, 40, 50, str(tmp_path / "b"))
+    fetcher(cache_dir=str(tmp_path / "mine")).fetch(ID, 20, 30, str(tmp_path / "c"))
+    assert cache_dirs[0] == cache_dirs[1] != cache_dirs[2] == str(tmp_path / "mine")
+    assert os.path.isdir(cache_dirs[0]) and not cache_dirs[0].startswith(str(tmp_path))
+    assert os.path.basename(cache_dirs[0]).startswith("kinetics-prep-ytdlp-")
+
+
+def test_the_ytdlp_cache_dir_is_removed_at_exit():
+    out = subprocess.run([sys.executable, "-c", "from transforms import fetch; print(fetch.WorkerState().cache_dir())"],
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, check=True)
+    path = out.stdout.strip()
+    assert os.path.basename(path).startswith("kinetics-prep-ytdlp-") and not os.path.exists(path)
+
+
 def _processes_mentioning(text):
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -265,7 +412,8 @@ def test_preflight_fails_with_one_clear_line(options, names):
 
 
 @pytest.mark.parametrize("bad", [dict(url_template="https://example.com/watch"),
-                                 dict(url_template="https://x/{id}/{youtube_id}"), dict(retries=-1),
+                                 dict(url_template="https://x/{id}/{youtube_id}"),
+                                 dict(url_template="https://x/{{youtube_id}}.mp4"), dict(retries=-1),
                                  dict(clip_timeout=0), dict(fetch_rate=-1), dict(max_height=0),
                                  dict(ytdlp_opts=(("logger", object()),))])
 def test_options_are_validated(bad):
@@ -333,6 +481,10 @@ def test_windows_merge_close_ranges():
     ("Private video. Sign in if you've been granted access to this video", "unavailable", "private"),
     ("This video is private.", "unavailable", "private"),
     ("Please sign in to view this video.", "unavailable", "sign-in required"),
+    ("[youtube] x: Login details are needed to download this content. Use --cookies-from-browser or --cookies",
+     "unavailable", "sign-in required"),
+    ("[youtube] x: This video is only available for registered users. Use --cookies", "unavailable",
+     "sign-in required"),
     ("Sign in to confirm your age. This video may be inappropriate for some users.", "unavailable",
      "age restricted (sign-in)"),
     ("Join this channel to get access to members-only content like this video", "unavailable", "members only"),
@@ -366,6 +518,26 @@ def test_classify(message, status, sub):
     assert message.split()[-1].strip(".") in failure.reason, "the original message is kept"
 
 
+@pytest.mark.parametrize("message, status, sub", [
+    ("[youtube] dQw4w9WgXcQ: Unable to download API page: HTTP Error 403: Forbidden "
+     "(caused by <HTTPError 403: Forbidden>)", "rate_limited", "blocked (HTTP 403, not a removed video)"),
+    ("[youtube] dQw4w9WgXcQ: Unable to download player 1234abcd: HTTP Error 404: Not Found "
+     "(caused by <HTTPError 404: Not Found>)", "failed", "not found (HTTP 404, not a removed video)"),
+    ("[youtube] dQw4w9WgXcQ: Unable to download API page: HTTP Error 410: Gone", "failed",
+     "gone (HTTP 410, not a removed video)"),
+    ("[youtube] dQw4w9WgXcQ: Unable to download webpage: HTTP Error 403: Forbidden", "rate_limited",
+     "blocked (HTTP 403, not a removed video)"),
+    ("[generic] okvideo0001: Unable to download webpage: HTTP Error 410: Gone (caused by <HTTPError 410: Gone>)",
+     "unavailable", "gone (HTTP 410)"),
+    ("[generic] okvideo0001: Unable to download webpage: HTTP Error 403: Forbidden", "unavailable",
+     "forbidden (HTTP 403)"),
+])
+def test_classify_trusts_a_403_404_410_only_on_the_primary_page(message, status, sub):
+    failure = fetch.classify("ERROR: " + message, stage="extract")
+    assert (failure.status, failure.permanent, failure.transient) == (status, status == "unavailable", False)
+    assert failure.reason.startswith(sub + ": ")
+
+
 def test_classify_uses_the_http_status_and_the_stage():
     assert fetch.classify("Unable to download webpage", 404).status == "unavailable"
     assert fetch.classify("Unable to download webpage", 429).status == "rate_limited"
@@ -395,6 +567,13 @@ def test_backoff_is_jittered_exponential_and_honours_retry_after():
         assert 0 <= min(delays) and max(delays) <= bound and max(delays) > bound * 0.8
     assert fetch.backoff_delay(1, 1.0, 10.0, retry_after=5, rng=rng) >= 5
     assert fetch.backoff_delay(1, 1.0, 10.0, retry_after=11, rng=rng) is None
+
+
+def test_equal_jitter_keeps_half_the_bound():
+    rng = random.Random(0)
+    for attempt, bound in ((1, 2.0), (2, 4.0), (5, 10.0)):
+        delays = [fetch.backoff_delay(attempt, 2.0, 10.0, rng=rng, equal_jitter=True) for _ in range(200)]
+        assert bound / 2 <= min(delays) < bound * 0.6 and bound * 0.9 < max(delays) <= bound
 
 
 class FakeClock:
@@ -431,6 +610,27 @@ def test_governor_halves_on_429_and_recovers_additively():
     assert g.rate == pytest.approx(1 / 60)
 
 
+def test_governor_hold_delays_every_start_and_is_capped():
+    clock = FakeClock()
+    g = fetch.RateGovernor(clock=clock)
+    assert g.hold(30) == 30
+    assert g.reserve() == 30.0 and g.reserve() == 30.0, "unlimited: no spacing, but held"
+    assert g.reserve(not_after=clock.now + 10) is None
+    g.hold(5)
+    assert g.reserve() == 30.0, "a shorter hold does not shorten a longer one"
+    clock.now += 30
+    assert g.reserve() == 0.0
+    assert g.hold(3600) == 15 * 60 and g.reserve() == 15 * 60
+
+
+def test_governor_hold_and_pacing_add_up():
+    clock = FakeClock()
+    g = fetch.RateGovernor(ceiling=1.0, clock=clock)
+    assert g.reserve() == 0.0
+    g.hold(10)
+    assert [g.reserve() for _ in range(3)] == [10.0, 11.0, 12.0]
+
+
 def test_governor_recovers_to_its_ceiling():
     g = fetch.RateGovernor(ceiling=1.0, clock=FakeClock())
     g.throttle()
@@ -452,9 +652,26 @@ def test_breaker_counts_consecutive_bot_checks_only():
     assert info.value.reason.startswith(fetch.BOT_CHECK_REASON_PREFIX + " after 3 consecutive")
 
 
-def test_format_selector_prefers_mp4_then_webm_within_the_height():
-    spec = fetch.format_selector(480)
-    alternatives = spec.split("/")
-    assert alternatives[0] == "bv*[height<=?480][ext=mp4]+ba[ext=m4a]"
-    assert alternatives.index("b[height<=?480][ext=webm]") > alternatives.index("b[height<=?480][ext=mp4]")
-    assert alternatives[-1] == "best"
+def _format(format_id, ext, height=None, vcodec="none", acodec="none"):
+    return dict(format_id=format_id, ext=ext, height=height, width=height and height * 16 // 9, vcodec=vcodec,
+                acodec=acodec, url=f"https://127.0.0.1/{format_id}", protocol="https", tbr=height or 128)
+
+
+M4A, OPUS = _format("140", "m4a", acodec="mp4a.40.2"), _format("251", "webm", acodec="opus")
+
+
+@pytest.mark.parametrize("formats, chosen", [
+    ([_format("18", "mp4", 360, "avc1.42001E", "mp4a.40.2"), _format("398", "mp4", 720, "av01.0.05M.08"),
+      _format("136", "mp4", 720, "avc1.4d401f"), _format("247", "webm", 720, "vp9"),
+      _format("399", "mp4", 1080, "av01.0.08M.08"), _format("137", "mp4", 1080, "avc1.640028"), M4A, OPUS], "136+140"),
+    ([_format("400", "mp4", 1440, "avc1.640032"), _format("137", "mp4", 1080, "avc1.640028"), M4A], "137+140"),
+    ([_format("248", "webm", 1080, "vp9"), _format("247", "webm", 720, "vp9"), OPUS], "247+251"),
+    ([_format("22", "mp4", 1080, "avc1", "mp4a"), _format("18", "mp4", 360, "avc1", "mp4a")], "18"),
+])
+def test_format_selector_as_ytdlp_applies_it(formats, chosen):
+    # mixed codecs at 720p: H.264; only taller than 720p: the smallest of those, not the biggest
+    params = {"format": fetch.format_selector(720), "ffmpeg_location": imageio_ffmpeg.get_ffmpeg_exe(), "quiet": True}
+    info = {"id": "x", "title": "x", "formats": formats, "extractor": "t", "extractor_key": "T",
+            "webpage_url": "https://127.0.0.1/x"}
+    with yt_dlp.YoutubeDL(params) as ydl:
+        assert ydl.process_ie_result(info, download=False)["format_id"] == chosen

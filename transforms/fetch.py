@@ -3,13 +3,16 @@
 Each attempt runs ``transforms.fetch_worker`` in a child process in its own process group, so the
 hard per-clip bound (``clip_timeout``) can kill it together with the ffmpeg that yt-dlp starts for
 ranged downloads. Failures are classified into a small taxonomy (``unavailable``, ``rate_limited``,
-``network``, ``failed``); transient ones are retried with exponential backoff and full jitter,
-honouring Retry-After. Per worker process, a rate governor paces requests (``fetch_rate``, halved on
-every 429 and recovered additively) and a breaker stops fetching after repeated YouTube bot checks.
+``network``, ``failed``); transient ones are retried with exponential backoff and jitter (equal jitter
+for rate limits, so a 429 always waits), honouring Retry-After. Per worker process, a rate governor
+paces requests (``fetch_rate``, halved on every 429, held for a Retry-After, recovered additively),
+a breaker stops fetching after repeated YouTube bot checks, and one yt-dlp cache dir (removed at exit)
+serves every fetch.
 
-Everything written goes under the caller's ``workdir``: one private directory per attempt, removed
-on every path; only the fetched media file is moved up into ``workdir`` on success.
+Downloads go under the caller's ``workdir``: one private directory per attempt, removed on every
+path; only the fetched media file is moved up into ``workdir`` on success.
 """
+import atexit
 import dataclasses
 import email.utils
 import importlib.util
@@ -35,6 +38,7 @@ INSTALL_HINT = "pip install 'yt-dlp[default,deno]' imageio-ffmpeg"
 _FREE_RATE_GUESS = 2.0   # clips/s assumed when fetch_rate is 0 (unlimited) and a 429 arrives
 _MIN_RATE = 1 / 60       # the governor never paces slower than one request a minute
 _RECOVERY_STEPS = 10     # successes needed to climb from 0 back to the ceiling
+_MAX_HOLD = 15 * 60      # the longest a Retry-After pauses a worker
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +51,10 @@ class FetchOptions:
     ``http_headers``, ``cachedir``), merged last: they override the parameters set here.
     ``ffmpeg`` and ``js_runtime`` default to the binaries shipped by the imageio-ffmpeg and deno
     pip packages. ``backoff_base``/``backoff_cap`` (seconds) shape the retry delays; the cap also
-    bounds an honoured Retry-After. ``segment=False`` always downloads whole sources. ``cache_dir``
-    is yt-dlp's cache (YouTube player code and solved challenges, else fetched again by every
-    fetch): None disables it, so that nothing is written outside the caller's workdir.
+    bounds a Retry-After waited for within a clip. ``segment=False`` always downloads whole sources.
+    ``cache_dir`` is yt-dlp's cache (YouTube player code and solved challenges, else fetched again
+    by every fetch): None means one temp dir per worker process, removed at exit
+    (``ytdlp_opts`` ``cachedir=false`` disables it).
     """
     url_template: str = "https://www.youtube.com/watch?v={youtube_id}"
     max_height: int = 720
@@ -71,7 +76,7 @@ class FetchOptions:
 
     def __post_init__(self):
         try:
-            if self.url_template.format(youtube_id="\0") == self.url_template:
+            if "\0" not in self.url_template.format(youtube_id="\0"):
                 raise ValueError("it lacks {youtube_id}")
         except (KeyError, IndexError, ValueError) as e:
             raise ValueError(f"url template {self.url_template!r}: {e}") from None
@@ -91,9 +96,11 @@ class FetchOptions:
 @dataclasses.dataclass
 class FetchResult:
     """A fetched source. ``bytes_fetched`` is the size of the media file yt-dlp wrote (measured on
-    the client); the network reads of a ranged fetch are a little higher (container index, read-ahead)."""
+    the client); the network reads of a ranged fetch are a little higher (container index, read-ahead).
+    ``fetch_range`` is the padded (start, end) requested, None for a full download."""
     path: str
     offset: float
+    fetch_range: tuple | None
     bytes_fetched: int
     format_id: str
     ytdlp_version: str
@@ -166,11 +173,14 @@ def source_url(url_template, youtube_id):
 
 
 def format_selector(max_height):
-    """mp4, then webm, then anything, no taller than `max_height`; then the best there is."""
-    h = f"[height<=?{max_height}]"
-    return "/".join((f"bv*{h}[ext=mp4]+ba[ext=m4a]", f"b{h}[ext=mp4]",
-                     f"bv*{h}[ext=webm]+ba[ext=webm]", f"b{h}[ext=webm]",
-                     f"bv*{h}+ba", f"b{h}", "bv*+ba", "best"))
+    """No taller than `max_height`: mp4, then webm, then anything, H.264 first at each step;
+    failing those, the smallest format taller than that (never the biggest)."""
+    fits, taller = f"[height<=?{max_height}]", f"[height>{max_height}]"
+    steps = ((f"bv*{fits}[ext=mp4]", "+ba[ext=m4a]"), (f"b{fits}[ext=mp4]", ""),
+             (f"bv*{fits}[ext=webm]", "+ba[ext=webm]"), (f"b{fits}[ext=webm]", ""),
+             (f"bv*{fits}", "+ba"), (f"b{fits}", ""), (f"wv*{taller}", "+ba"), (f"w{taller}", ""))
+    return "/".join(f"{video}{codec}{audio}" for video, audio in steps
+                    for codec in (("",) if "webm" in video else ("[vcodec^=avc1]", "")))
 
 
 # --- failure taxonomy -------------------------------------------------------------------------
@@ -192,7 +202,8 @@ _UNAVAILABLE = [(sub, re.compile(rx, re.I)) for sub, rx in (
     ("removed by the uploader", r"removed by the (?:user|uploader)"),
     ("private", r"private video|video is private"),
     ("age restricted (sign-in)", r"confirm your age|age.?restricted|inappropriate for some users"),
-    ("sign-in required", r"sign in to view|login required|requires authentication"),
+    ("sign-in required", r"sign in to view|login required|requires authentication|login details are needed"
+                         r"|only available for registered users"),
     ("members only", r"members.only|Join this channel|Premium members"),
     ("unavailable", r"This video is not available|This video does not exist|Video unavailable"
                     r"|This video has been removed|This video is unavailable"),
@@ -209,13 +220,17 @@ _NETWORK = [(sub, re.compile(rx, re.I)) for sub, rx in (
     ("I/O error", r"input/output error|unable to download video data|giving up after"),
 )]
 _HTTP_STATUS = re.compile(r"HTTP Error (\d{3})", re.I)
+_PRIMARY_PAGE = re.compile(r"Unable to download webpage", re.I)  # also the generic extractor's direct media URL
+_YOUTUBE = re.compile(r"^\[youtube\b", re.I)  # a removed YouTube video answers 200 with a playability message
 
 
 def classify(message, http_status=None, stage="extract"):
     """Map a yt-dlp error message (and HTTP status, if known) to a Failure.
 
-    `stage` is "extract" (the page/API answer, which can prove a video gone) or "download" (the
-    media transfer after a successful extraction, where 403/404 mean a refused URL, not a removed video).
+    `stage` is "extract" (the page/API answer) or "download" (the media transfer after a successful
+    extraction, where 403/404 mean a refused URL, not a removed video). Only a 403/404/410 on the
+    primary page of a non-YouTube extractor proves a video gone; on YouTube's other requests (API,
+    player) a 403 is a block and a 404/410 a failure, neither permanent.
     """
     detail = " ".join(str(message).replace("ERROR:", " ").split())
     detail = re.sub(r"\s*(?:\(caused by |;? ?please report this issue on ).*$", "", detail, flags=re.I)[:400]
@@ -231,8 +246,7 @@ def classify(message, http_status=None, stage="extract"):
     if code == 429 or re.search(r"too many requests", detail, re.I):
         return Failure(RATE_LIMITED, f"HTTP 429: {detail}", transient=True)
     if code in (403, 404, 410) and stage == "extract":
-        sub = {403: "forbidden", 404: "not found", 410: "gone"}[code]
-        return Failure(UNAVAILABLE, f"{sub} (HTTP {code}): {detail}", permanent=True)
+        return _refused_extraction(code, detail)
     if code and 500 <= code < 600:
         return Failure(NETWORK, f"server error (HTTP {code}): {detail}", transient=True)
     if code and code >= 400:
@@ -241,6 +255,15 @@ def classify(message, http_status=None, stage="extract"):
         if rx.search(detail):
             return Failure(NETWORK, f"{sub}: {detail}", transient=True)
     return Failure(FAILED, detail or "unknown error")
+
+
+def _refused_extraction(code, detail):
+    sub = {403: "forbidden", 404: "not found", 410: "gone"}[code]
+    if _PRIMARY_PAGE.search(detail) and not _YOUTUBE.match(detail):
+        return Failure(UNAVAILABLE, f"{sub} (HTTP {code}): {detail}", permanent=True)
+    if code == 403:
+        return Failure(RATE_LIMITED, f"blocked (HTTP 403, not a removed video): {detail}")
+    return Failure(FAILED, f"{sub} (HTTP {code}, not a removed video): {detail}")
 
 
 def retry_after_seconds(value, now=None):
@@ -257,13 +280,15 @@ def retry_after_seconds(value, now=None):
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def backoff_delay(attempt, base, cap, retry_after=None, rng=random):
+def backoff_delay(attempt, base, cap, retry_after=None, rng=random, equal_jitter=False):
     """Seconds to wait before retry number `attempt` (1-based): full jitter on an exponential
-    bound, at least Retry-After; None when Retry-After exceeds `cap` (do not retry now)."""
+    bound (equal jitter: half the bound fixed, half random), at least Retry-After; None when
+    Retry-After exceeds `cap` (do not retry now)."""
     if retry_after is not None and retry_after > cap:
         return None
-    delay = rng.uniform(0, min(cap, base * 2 ** (attempt - 1)))
-    return max(delay, retry_after or 0.0)
+    bound = min(cap, base * 2 ** (attempt - 1))
+    floor = bound / 2 if equal_jitter else 0.0
+    return max(floor + rng.uniform(0, bound - floor), retry_after or 0.0)
 
 
 # --- per-process rate governor and bot-check breaker ----------------------------------------
@@ -290,13 +315,19 @@ class RateGovernor:
         """Claim the next start slot: seconds to wait for it, or None (nothing claimed) if it lies after `not_after`."""
         with self._lock:
             now = self._clock()
-            if self.rate is None:
-                return 0.0
             slot = max(now, self._next)
             if not_after is not None and slot > not_after:
                 return None
-            self._next = slot + 1 / self.rate
+            if self.rate is not None:
+                self._next = slot + 1 / self.rate
             return slot - now
+
+    def hold(self, seconds):
+        """No start slot before `seconds` (at most _MAX_HOLD) from now; returns the seconds held."""
+        seconds = min(max(0.0, seconds), _MAX_HOLD)
+        with self._lock:
+            self._next = max(self._next, self._clock() + seconds)
+        return seconds
 
     def throttle(self):
         with self._lock:
@@ -338,10 +369,26 @@ class WorkerState:
     def __init__(self):
         self.governor = RateGovernor()
         self.breaker = BotCheckBreaker()
+        self._lock = threading.Lock()
+        self._cache = None  # (pid, path)
 
     def configure(self, options):
         self.governor.configure(options.fetch_rate)
         self.breaker.limit = options.bot_check_limit
+
+    def cache_dir(self):
+        """yt-dlp's cache dir for this process's fetches: made on first use, removed at exit."""
+        with self._lock:
+            if self._cache is None or self._cache[0] != os.getpid():
+                path = tempfile.mkdtemp(prefix="kinetics-prep-ytdlp-")
+                atexit.register(_remove_own_dir, os.getpid(), path)
+                self._cache = (os.getpid(), path)
+            return self._cache[1]
+
+
+def _remove_own_dir(pid, path):
+    if os.getpid() == pid:  # not in a forked child
+        shutil.rmtree(path, ignore_errors=True)
 
 
 _WORKER = WorkerState()
@@ -453,9 +500,10 @@ class Fetcher:
                 return dataclasses.replace(outcome, attempts=attempts, seconds=time.monotonic() - began)
             failure = outcome
             self._note(failure)
+            pause = self._honour_retry_after(failure, retry_after)
             delay = self._retry_delay(failure, attempts, retry_after, deadline)
             if delay is None:
-                raise FetchError(failure.status, failure.reason, failure.permanent, attempts)
+                raise FetchError(failure.status, failure.reason + pause, failure.permanent, attempts)
             log.info("fetch %s: %s; retry %d in %.1f s", youtube_id, failure.reason, attempts, delay)
             time.sleep(delay)
 
@@ -470,10 +518,18 @@ class Fetcher:
         if failure.status == RATE_LIMITED:
             self.worker.governor.throttle()
 
+    def _honour_retry_after(self, failure, retry_after):
+        """Hold the whole worker for a 429's Retry-After; the note for the clip's reason ("" if none)."""
+        if failure.status != RATE_LIMITED or retry_after is None:
+            return ""
+        held = self.worker.governor.hold(retry_after)
+        return f" (Retry-After {retry_after:.0f} s: this worker pauses {held:.0f} s)"
+
     def _retry_delay(self, failure, attempts, retry_after, deadline):
         if not failure.transient or attempts > self.options.retries:
             return None
-        delay = backoff_delay(attempts, self.options.backoff_base, self.options.backoff_cap, retry_after)
+        delay = backoff_delay(attempts, self.options.backoff_base, self.options.backoff_cap, retry_after,
+                              equal_jitter=failure.status == RATE_LIMITED)
         if delay is None or time.monotonic() + delay >= deadline:
             return None
         return delay
@@ -484,7 +540,8 @@ class Fetcher:
         try:
             cookiefile = _write_private(os.path.join(job_dir, "cookies.txt"), cookies) if cookies is not None else None
             job = {"url": url, "window": list(window) if self.options.segment else None,
-                   "log": os.path.join(job_dir, "fetch.log"), "params": self._params(job_dir, cookiefile)}
+                   "log": os.path.join(job_dir, "fetch.log"), "params": self._params(job_dir, cookiefile),
+                   "parent_pid": os.getpid()}
             report = _run_worker(job, job_dir, deadline - time.monotonic())
             if report is None:
                 return Failure(NETWORK, f"timed out after {self.options.clip_timeout:g} s"), None
@@ -503,7 +560,8 @@ class Fetcher:
         tag = f"{round(window[0] * 1000)}-{round(window[1] * 1000)}ms" if report["segment"] else "full"
         path = os.path.join(workdir, f"{youtube_id}.{tag}{ext}")
         os.replace(report["path"], path)
-        return FetchResult(path=path, offset=window[0] if report["segment"] else 0.0, bytes_fetched=size,
+        return FetchResult(path=path, offset=window[0] if report["segment"] else 0.0,
+                           fetch_range=tuple(window) if report["segment"] else None, bytes_fetched=size,
                            format_id=str(report["format_id"]), ytdlp_version=report["version"], attempts=0,
                            segment=report["segment"], seconds=0.0)
 
@@ -514,8 +572,8 @@ class Fetcher:
             "format": format_selector(o.max_height),
             "outtmpl": {"default": os.path.join(job_dir, "media.%(ext)s")},
             "paths": {"home": job_dir, "temp": job_dir},
-            "noplaylist": True, "noprogress": True, "cachedir": o.cache_dir or False, "overwrites": True,
-            "updatetime": False,
+            "noplaylist": True, "noprogress": True, "cachedir": o.cache_dir or self.worker.cache_dir(),
+            "overwrites": True, "updatetime": False,
             "retries": 0, "fragment_retries": 0, "extractor_retries": 0,
             "socket_timeout": o.socket_timeout,
             "external_downloader_args": {"ffmpeg_i": [
@@ -561,6 +619,9 @@ def _run_worker(job, job_dir, timeout):
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             return None
+        except BaseException:  # KeyboardInterrupt, a signal turned into an exception: leave no orphans
+            _kill_group(proc)
+            raise
     try:
         return json.loads(out.decode(errors="replace").strip().splitlines()[-1])
     except (IndexError, ValueError):

@@ -1,14 +1,18 @@
 """One yt-dlp fetch in a child process: ``python -m transforms.fetch_worker`` < job.json.
 
-Started by transforms.fetch in its own process group (a timeout kills it with the ffmpeg it runs).
-The job (JSON on stdin) holds the URL, the wanted window (or null) and the YoutubeDL parameters;
-the report is one JSON line on stdout. Everything else, ffmpeg's messages included, goes to
-stderr, which the parent points at the job's log file.
+Started by transforms.fetch in its own process group (a timeout kills it with the ffmpeg it runs);
+should the parent die, a watcher thread kills the group. The job (JSON on stdin) holds the URL, the
+wanted window (or null), the YoutubeDL parameters and the parent's pid; the report is one JSON line
+on stdout. Everything else, ffmpeg's messages included, goes to stderr, which the parent points at
+the job's log file.
 """
 import json
 import os
 import re
+import signal
 import sys
+import threading
+import time
 
 _PARTIAL_REFUSED = re.compile(r"cannot be partially downloaded|downloading the video partially", re.I)
 _FFMPEG_EXIT = re.compile(r"ffmpeg exited with code", re.I)
@@ -85,8 +89,21 @@ def _http_error(exc):
     return None
 
 
+def watch_parent(parent_pid, interval=0.5):
+    """Kill this process group (the worker, its ffmpeg and deno) once `parent_pid` is no longer the
+    parent; only the worker itself when it does not lead its group (started by hand)."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
 def main():
     job = json.load(sys.stdin)
+    watch_parent(job.get("parent_pid", os.getppid()))
     report = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints go to the log, not into the report
     report.write(json.dumps(fetch(job)) + "\n")
