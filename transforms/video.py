@@ -23,6 +23,7 @@ from av.video.reformatter import VideoReformatter
 from transforms import storage
 
 MP4_AUDIO = {"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}
+STORES_PTS = {"mov", "mp4", "matroska", "webm", "mpegts", "flv"}
 EPS = 1e-6
 
 
@@ -91,8 +92,24 @@ def _rotated(rotation):
 
 
 def _sar(stream):
+    """The source's sample aspect ratio, or None when it has none (0/1 or unset)."""
     sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
-    return Fraction(sar) if sar else Fraction(1)
+    return Fraction(sar) if sar else None
+
+
+def _rows(plane):
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+
+
+def copy_frame(frame):
+    """A new frame holding a copy of `frame`'s pictures, for a writer that must not touch the original."""
+    new = av.VideoFrame(frame.width, frame.height, frame.format.name)
+    for src, dst in zip(frame.planes, new.planes):
+        a, b = _rows(src), _rows(dst)
+        n = min(a.shape[1], b.shape[1])
+        b[:, :n] = a[:, :n]
+    new.colorspace, new.color_range = frame.colorspace, frame.color_range
+    return new
 
 
 class Scaler:
@@ -100,77 +117,134 @@ class Scaler:
 
     YUV 4:2:0 bicubic for x264 (as ffmpeg's scale filter); BGR bilinear (as cv2.resize) for JPEGs
     and flow, scaled in planar 4:2:2 first because swscale's scaling to packed RGB is slow.
+    swscale runs on the calling thread (threads=1). yuv420 always returns a frame of its own.
     """
 
     def __init__(self, width, height, rotation=0):
         self.size, self.rotation = (width, height), rotation
         self.coded = (height, width) if _rotated(rotation) else (width, height)
-        self.scale, self.convert = VideoReformatter(), VideoReformatter()
+        self.scale, self.convert, self.pack = VideoReformatter(), VideoReformatter(), VideoReformatter()
 
     def yuv420(self, frame):
-        if not self.rotation:
-            return self.scale.reformat(frame, *self.size, "yuv420p", interpolation="BICUBIC")
-        return av.VideoFrame.from_ndarray(self._turn(self._bgr(frame, "BICUBIC")), format="bgr24")
+        if self.rotation:
+            turned = av.VideoFrame.from_ndarray(self._turn(self._bgr(frame, "BICUBIC")), format="bgr24")
+            return self.pack.reformat(turned, format="yuv420p", threads=1)
+        small = self.scale.reformat(frame, *self.size, "yuv420p", interpolation="BICUBIC", threads=1)
+        return copy_frame(small) if small is frame else small
 
     def bgr(self, frame):
         img = self._bgr(frame, "BILINEAR")
         return self._turn(img) if self.rotation else img
 
     def _bgr(self, frame, interpolation):
-        small = self.scale.reformat(frame, *self.coded, "yuv422p", interpolation=interpolation)
-        return self.convert.reformat(small, *self.coded, "bgr24").to_ndarray()
+        small = self.scale.reformat(frame, *self.coded, "yuv422p", interpolation=interpolation, threads=1)
+        return self.convert.reformat(small, *self.coded, "bgr24", threads=1).to_ndarray()
 
     def _turn(self, img):
         return np.ascontiguousarray(np.rot90(img, k=self.rotation // 90))
 
 
-def luma(frame):
-    """The Y plane of a decoded frame as an array (no copy for the usual 8-bit formats)."""
-    if frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "nv12", "gray"):
-        plane = frame.planes[0]
-        return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
-    return frame.to_ndarray(format="gray")
+def _view(plane):
+    return _rows(plane)[:, :plane.width]
+
+
+MPDECIMATE_FORMATS = {"yuv444p", "yuv422p", "yuv420p", "yuv411p", "yuv410p", "yuv440p", "yuvj444p", "yuvj422p",
+                      "yuvj420p", "yuvj440p", "yuva420p", "gbrp", "yuva444p", "yuva422p"}
+
+
+def planes(frame, rotation=0):
+    """The planes mpdecimate compares (other formats as yuv420p), as displayed (rotation applied)."""
+    if frame.format.name not in MPDECIMATE_FORMATS:
+        frame = frame.reformat(format="yuv420p", threads=1)
+    views = [_view(p) for p in frame.planes]
+    if not rotation:
+        return views
+    return [np.ascontiguousarray(np.rot90(v, k=rotation // 90)) for v in views]
+
+
+def block_sads(cur, ref):
+    """mpdecimate's 8x8 sums of absolute differences: blocks every 4 pixels, from row 0 and column 8."""
+    h, w = cur.shape
+    if h < 8 or w < 16:
+        return np.zeros(0, np.int32)
+    s = cv2.integral(cv2.absdiff(cur, ref))
+    return s[8::4, 16::4] - s[:-8:4, 16::4] - s[8::4, 8:-8:4] + s[:-8:4, 8:-8:4]
 
 
 class Decimate:
-    """ffmpeg's mpdecimate (hi 768, lo 320, frac 0.33 on 8x8 blocks of luma): drop near-duplicates."""
+    """ffmpeg's mpdecimate with its defaults (hi 64*12, lo 64*5, frac 0.33, max 0, keep 0): a frame is
+    dropped when, on every plane, no 8x8 block differs from the last kept frame by more than hi and
+    no more than (w/16)*(h/16)*frac blocks differ by more than lo."""
 
     def __init__(self, hi=64 * 12, lo=64 * 5, frac=0.33):
-        self.hi, self.lo, self.frac = hi, lo, frac
-        self.last = None
+        self.hi, self.lo, self.frac = hi, lo, np.float32(frac)
+        self.ref = None
 
-    def keep(self, y):
-        h, w = (y.shape[0] // 8) * 8, (y.shape[1] // 8) * 8
-        y = y[:h, :w].astype(np.int16)
-        if self.last is not None and self.last.shape == y.shape:
-            sad = np.abs(y - self.last).reshape(h // 8, 8, w // 8, 8).sum(axis=(1, 3))
-            if sad.max() <= self.hi and (sad > self.lo).sum() <= self.frac * sad.size:
-                return False
-        self.last = y
+    def keep(self, *planes):
+        if self.ref is not None and not self._differs(planes):
+            return False
+        self.ref = [p.copy() for p in planes]
         return True
+
+    def _differs(self, planes):
+        if [p.shape for p in planes] != [r.shape for r in self.ref]:
+            return True
+        return any(self._plane_differs(p, r) for p, r in zip(planes, self.ref))
+
+    def _plane_differs(self, cur, ref):
+        h, w = cur.shape
+        sad = block_sads(cur, ref)
+        limit = int(np.float32((w // 16) * (h // 16)) * self.frac)
+        return sad.size > 0 and (sad.max() > self.hi or np.count_nonzero(sad > self.lo) > limit)
 
 
 class BestEffort:
-    """ffmpeg's guess_correct_pts: trust pts unless it has gone backwards more often than dts
-    (AVI with B-frames), and never let timestamps repeat."""
+    """ffmpeg's frame timestamps: libavcodec's guess_correct_pts (pts unless it has gone backwards
+    more often than dts), then, as the ffmpeg CLI, a missing one extrapolated from the last frame's
+    duration. Frames timed by dts alone (AVI) carry the dts of the packet that made the decoder
+    return them, so they lag by the decoder's delay: that lag is taken off, which puts the first
+    frame at the first packet's dts (the stream's start) rather than a frame or two after it.
+    A timestamp that does not advance is bumped one tick, since encoders need increasing ones."""
 
-    def __init__(self):
+    def __init__(self, step=1):
         self.pts_faults = self.dts_faults = 0
-        self.last_pts = self.last_dts = self.last = None
+        self.last_pts = self.last_dts = self.last = self.first_dts = None
+        self.step = self.duration = step
+        self.lag = 0
+
+    def saw(self, packet):
+        if self.first_dts is None:
+            self.first_dts = packet.dts
 
     def __call__(self, frame):
-        pts, dts = frame.pts, frame.dts
+        ts = self._guess(frame.pts, frame.dts)
+        if ts is None:
+            ts = 0 if self.last is None else self.last + self.duration
+        if self.last is None and frame.pts is None and self.first_dts is not None:
+            self.lag = max(0, ts - self.first_dts)
+        self.duration = self._duration(frame, -1 if self.last is None else ts - self.last)
+        if self.last is not None:
+            ts = max(ts, self.last + 1)
+        self.last = ts
+        return ts - self.lag
+
+    def _guess(self, pts, dts):
         if dts is not None:
             self.dts_faults += self.last_dts is not None and dts <= self.last_dts
             self.last_dts = dts
+        elif pts is not None:
+            self.last_dts = pts
         if pts is not None:
             self.pts_faults += self.last_pts is not None and pts <= self.last_pts
             self.last_pts = pts
-        ts = pts if pts is not None and (self.pts_faults <= self.dts_faults or dts is None) else dts
-        if ts is None or (self.last is not None and ts <= self.last):
-            ts = None if self.last is None else self.last + 1
-        self.last = ts
-        return ts
+        elif dts is not None:
+            self.last_pts = dts
+        return pts if pts is not None and (self.pts_faults <= self.dts_faults or dts is None) else dts
+
+    def _duration(self, frame, gap):
+        if frame.duration and frame.duration > 0 and not (frame.duration == 1 and gap > 2):
+            return frame.duration
+        return gap if gap > 0 else self.step
 
 
 class WriteError(Exception):
@@ -208,7 +282,8 @@ def _x264(out, vs, width, height, preset, crf, sar):
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.time_base = vs.time_base
     stream.options = {"preset": preset, "crf": f"{crf:g}", "threads": "1"}
-    if sar != 1:
+    stream.codec_context.thread_count = 1
+    if sar is not None and sar != 1:
         stream.sample_aspect_ratio = sar
     return stream
 
@@ -220,6 +295,7 @@ class _Trimmed:
     def __init__(self, path, vs, audio, opts, mode, span):
         self.timer = _Timer("trimmed clip")
         self.mode = mode  # encode | remux | copy
+        self.time_base = vs.time_base
         self.a, self.b, self.t0 = span
         with self.timer():
             self._open(path, vs, audio, opts)
@@ -252,7 +328,7 @@ class _Trimmed:
 
     def frame(self, frame, pts):
         with self.timer():
-            frame.pts = pts
+            frame.pts, frame.time_base = pts, self.time_base
             for p in self.video.encode(frame):
                 self.out.mux(p)
 
@@ -327,6 +403,7 @@ class _Resized:
     def __init__(self, path, w, h, sar, vs, opts, rotation):
         self.timer = _Timer("resized clip")
         self.size = (w, h)
+        self.time_base = vs.time_base
         self.scaler = Scaler(w, h, rotation)
         self.frames = 0
         with self.timer():
@@ -338,7 +415,7 @@ class _Resized:
     def frame(self, frame, pts):
         with self.timer():
             small = self.scaler.yuv420(frame)
-            small.pts, small.time_base = pts, frame.time_base
+            small.pts, small.time_base = pts, self.time_base
             for p in self.video.encode(small):
                 self.out.mux(p)
             self.frames += 1
@@ -378,9 +455,14 @@ def _is_whole(container, vs, segment):
     return float(duration) <= segment.end - segment.start + 0.5
 
 
-def _plan(vs, whole, opts):
+def _stores_pts(container):
+    """Containers whose packets carry presentation times (AVI has decode times only)."""
+    return bool(STORES_PTS & set(container.format.name.split(",")))
+
+
+def _plan(container, vs, whole, opts):
     """How the trimmed clip is made: remux a whole H.264 clip, copy packets, or encode."""
-    h264 = vs.codec_context.name == "h264"
+    h264 = vs.codec_context.name == "h264" and _stores_pts(container)
     if whole and h264:
         return "remux"
     if opts.trim == "copy" and h264:
@@ -407,6 +489,7 @@ def process(segment, want, opts, workdir):
 def _process(segment, want, opts, workdir):
     started = time.perf_counter()
     with av.open(segment.path, metadata_errors="ignore") as container:
+        container.flags &= ~av.container.Flags.gen_pts.value  # as the ffmpeg CLI: no guessed pts
         if not container.streams.video:
             raise VideoError("corrupt", "no video stream")
         vs = container.streams.video[0]
@@ -415,7 +498,7 @@ def _process(segment, want, opts, workdir):
         t0 = Fraction(container.start_time or 0, 1_000_000)
         a, b = Fraction(segment.start).limit_denominator(10**6), Fraction(segment.end).limit_denominator(10**6)
         whole = _is_whole(container, vs, segment)
-        mode = _plan(vs, whole, opts) if "video" in want else None
+        mode = _plan(container, vs, whole, opts) if "video" in want else None
         shift = int(round((a + t0) / vs.time_base))
         files = {}
         trimmed = resized = frames = None
@@ -426,7 +509,8 @@ def _process(segment, want, opts, workdir):
         decimate = Decimate() if opts.remove_dup else None
         first = last = None
         count = kept = decoded = 0
-        timestamp = BestEffort()
+        rate = vs.average_rate or vs.guessed_rate
+        timestamp = BestEffort(max(1, round(1 / (rate * vs.time_base))) if rate else 1)
         rotation = 0
         streams = [vs] + ([audio] if audio is not None and trimmed is not None else [])
         try:
@@ -436,11 +520,11 @@ def _process(segment, want, opts, workdir):
                     continue
                 if mode in ("remux", "copy") and packet.dts is not None:
                     trimmed.video_packet(packet)
+                if packet.dts is not None:
+                    timestamp.saw(packet)
                 for frame in packet.decode():
                     decoded += 1
                     pts = timestamp(frame)
-                    if pts is None:
-                        continue
                     t = Fraction(pts) * vs.time_base - t0
                     if t < a - EPS or (not whole and t >= b - EPS):
                         continue
@@ -455,16 +539,16 @@ def _process(segment, want, opts, workdir):
                             files["resized"] = os.path.join(workdir, "resized.mp4")
                             rw, rh = scaled_size(dw, dh, opts.scale, opts.upscale)
                             sar = _sar(vs)
-                            sar = 1 / sar if _rotated(rotation) else sar
-                            resized = _Resized(files["resized"], rw, rh, sar * Fraction(rh * dw, rw * dh), vs, opts,
-                                               rotation)
+                            if sar is not None:
+                                sar = (1 / sar if _rotated(rotation) else sar) * Fraction(rh * dw, rw * dh)
+                            resized = _Resized(files["resized"], rw, rh, sar, vs, opts, rotation)
                             writers.append(resized)
                         if "rgb" in want:
                             files["rgb"] = os.path.join(workdir, "rgb")
                             frames = _Frames(files["rgb"], *frame_size(dw, dh, opts), opts, rotation)
                     last = t
                     count += 1
-                    if decimate is None or decimate.keep(luma(frame)):
+                    if decimate is None or decimate.keep(*planes(frame, rotation)):
                         kept += 1
                         if resized:
                             resized.frame(frame, pts - shift)
@@ -485,7 +569,6 @@ def _process(segment, want, opts, workdir):
             if decoded == 0:
                 raise VideoError("corrupt", "no decodable video frame")
             raise VideoError("short", f"no frame in [{float(a):g}, {float(b):g}) s of the source")
-        rate = vs.average_rate or vs.guessed_rate
         step = 1 / Fraction(rate) if rate else Fraction(0)
         covered = float(last - first + step)
         wanted = float(b - a)
@@ -515,6 +598,7 @@ def _process(segment, want, opts, workdir):
 def display_size(path):
     """(width, height) of a video's first frame as displayed (rotation applied)."""
     with av.open(path) as container:
+        container.streams.video[0].codec_context.thread_count = 1
         frame = next(container.decode(video=0))
         return (frame.height, frame.width) if _rotated(frame.rotation or 0) else (frame.width, frame.height)
 
@@ -573,7 +657,14 @@ def probe(url, expected_duration, *, full=False, min_ratio=0.8):
         raise VideoError("corrupt", "unknown duration")
     if duration < min_ratio * expected_duration:
         raise VideoError("short", f"{duration:.2f} s of {expected_duration:g} s annotated")
+    if duration > longest_clip(expected_duration):
+        raise VideoError("corrupt", f"{duration:.2f} s long, {expected_duration:g} s annotated: not the trimmed clip")
     return info
+
+
+def longest_clip(annotated):
+    """The longest a trimmed clip may plausibly last (a keyframe-snapped copy starts early)."""
+    return max(2 * annotated, annotated + 10)
 
 
 @contextlib.contextmanager
