@@ -1,10 +1,13 @@
 """kinetics-prep: the launcher. Resolves the configuration, checks inputs, runs the pipeline,
 prints progress from the ledger and a summary at the end."""
+import contextlib
 import csv
 import io
 import json
 import logging
+import re
 import sys
+import warnings
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
@@ -13,8 +16,8 @@ from pipeline import build, demo
 from pipeline.options import UsageError, resolve
 from pipeline.progress import Progress
 from transforms import fetch, storage
-from transforms.clips import expected_outputs
-from transforms.reader import AnnotationError
+from transforms.clips import complete, expected_outputs
+from transforms.reader import AnnotationError, describe, open_sources, read_header
 from transforms.records import STATUSES
 
 
@@ -22,30 +25,95 @@ class PreflightError(Exception):
     pass
 
 
-def preflight(settings):
-    """Fail fast, in one line, on inputs that cannot be read or an output that cannot be written."""
-    for url in settings.annotations:
-        try:
-            with storage.open_input(url) as f:
-                f.read(1)
-        except Exception as e:  # noqa: BLE001 - any opener failure is the same user error
-            raise PreflightError(f"cannot read annotations {url}: {_oneline(e)}") from None
-    if "fetch" in settings.steps and settings.source == "youtube":
-        try:
-            fetch.preflight(settings.fetch)
-        except RuntimeError as e:
-            raise PreflightError(str(e)) from None
-    probe = storage.join(settings.output, "_ledger", ".writable")
+NOISY_LOGGERS = ("gcsfs", "google", "google.auth", "urllib3", "fsspec", "aiohttp")
+
+
+@contextlib.contextmanager
+def quiet_loggers(names=NOISY_LOGGERS):
+    """Silence the storage clients' own logging and warnings (credential searches, retries) for a
+    while, unless the log level is DEBUG; restore them after."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
     try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, saved):
+            lg.setLevel(level)
+
+
+def check_annotations(url):
+    """Open every CSV behind `url` (a tarball is streamed once) and read its header row."""
+    try:
+        storage.check_reachable(url)
+        for _, f in open_sources([url]):
+            read_header(f)
+    except AnnotationError as e:
+        raise PreflightError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - any reader failure is the same user error
+        raise PreflightError(f"cannot read annotations {url}: {describe(e)}") from None
+
+
+def check_output(url):
+    probe = storage.join(url, "_ledger", ".writable")
+    try:
+        storage.check_reachable(url)
         storage.write_bytes(probe, b"")
         storage.remove(probe)
     except Exception as e:  # noqa: BLE001
-        raise PreflightError(f"cannot write to --output {settings.output}: {_oneline(e)}") from None
+        raise PreflightError(f"cannot write to --output {url}: {describe(e)}") from None
 
 
-def _oneline(e):
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
+def preflight(settings):
+    """Fail fast, in one line, on inputs that cannot be read or an output that cannot be written."""
+    with quiet_loggers():
+        for url in settings.annotations:
+            check_annotations(url)
+        if "fetch" in settings.steps and settings.source == "youtube":
+            try:
+                fetch.preflight(settings.fetch)
+            except RuntimeError as e:
+                raise PreflightError(str(e)) from None
+        check_output(settings.output)
+
+
+def annotation_error(e):
+    """The message of the AnnotationError behind an exception a runner raised, if any (found by
+    cause, else in the text), without the runner's "[while running ...]"."""
+    seen = []
+    while e is not None and e not in seen:
+        if isinstance(e, AnnotationError):
+            return re.sub(r"\s*\[while running .*\]$", "", str(e))
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    found = re.search(r"AnnotationError: ([^\n\[]+)", str(seen[0]) if seen else "")
+    return found.group(1).strip() if found else None
+
+
+class _DropAnnotationErrors(logging.Filter):
+    """Keeps the runner from logging an AnnotationError's traceback; the launcher says it in one line."""
+
+    def filter(self, record):
+        return not (record.exc_info and isinstance(record.exc_info[1], AnnotationError))
+
+
+@contextlib.contextmanager
+def no_annotation_tracebacks():
+    handlers = list(logging.getLogger().handlers)
+    drop = _DropAnnotationErrors()
+    for h in handlers:
+        h.addFilter(drop)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(drop)
 
 
 def beam_options(beam_args):
@@ -93,6 +161,15 @@ def dry_run(options):
     return bool(options.view_as(TestOptions).dry_run)
 
 
+def this_runs_clips(settings):
+    """The clips this run will process (for progress); none if the annotations cannot be read."""
+    try:
+        return [c for c in build.annotation_reader(settings).read(settings.annotations)
+                if not isinstance(c, dict)]
+    except AnnotationError:
+        return []
+
+
 def run(settings, options):
     """Run the pipeline with progress lines; the summary, or None for a dry run (nothing ran)."""
     p = beam.Pipeline(options=options)
@@ -100,12 +177,17 @@ def run(settings, options):
     if dry_run(options):
         p.run()
         return None
-    reader = build.annotation_reader(settings)
-    clips = lambda: [c for c in reader.read(settings.annotations) if not isinstance(c, dict)]
-    progress = Progress(settings, clips, lambda c: expected_outputs(c, settings))
+    progress = Progress(settings, lambda: this_runs_clips(settings), lambda c: expected_outputs(c, settings),
+                        lambda rec, c: complete(rec, c, settings, look=False))
     progress.start()
     try:
-        p.run().wait_until_finish()
+        with no_annotation_tracebacks():
+            p.run().wait_until_finish()
+    except Exception as e:
+        message = annotation_error(e)
+        if message is None:
+            raise
+        raise AnnotationError(message) from None
     finally:
         progress.stop()
     return json.loads(storage.read_bytes(storage.join(settings.output, "summary.json")))
@@ -136,7 +218,13 @@ def main(argv=None):
         return 1
     print(f"kinetics-prep: {settings.dataset}: {', '.join(settings.annotations)} -> {settings.output} "
           f"(steps {','.join(settings.steps)})", file=sys.stderr)
-    result = run(settings, options)
+    if not dry_run(options):
+        storage.sweep_temp_files(storage.join(settings.output, "_ledger"))
+    try:
+        result = run(settings, options)
+    except AnnotationError as e:
+        print(f"kinetics-prep: error: {e}", file=sys.stderr)
+        return 1
     if result is None:
         print(f"dry run: the {options.view_as(StandardOptions).runner} job was built and validated; "
               "nothing ran and nothing was written")

@@ -227,6 +227,44 @@ def user_config(path):
     return data
 
 
+def _shown(value):
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def dataset_defaults():
+    """{option: {value as --help shows it: [built-in datasets whose config sets it]}}."""
+    out = {}
+    for name in DATASETS:
+        data = load_yaml(config_dir().joinpath(f"{name}.yaml").read_text(encoding="utf-8"), f"{name}.yaml")
+        for key, value in data.items():
+            if key in OPTIONS and key != "label_map" and OPTIONS[key][0] is not bool:
+                out.setdefault(key, {}).setdefault(_shown(value), []).append(name)
+    return out
+
+
+def default_text(default, by_value):
+    """' (default: X)', or, where built-in dataset configs set the option to something else, what
+    each of them uses and X otherwise."""
+    builtin = _shown(default) if default not in (None, [], {}, False) else None
+    own = [f"{value} for {', '.join(names)}" for value, names in by_value.items() if value != builtin]
+    if not own:
+        return f" (default: {builtin})" if builtin else ""
+    otherwise = [f"{builtin} otherwise"] if builtin else []
+    return f" (default from the dataset config: {'; '.join(own + otherwise)})"
+
+
+def label_lines(lines, where):
+    """Labels, one a line: trailing blank lines are ignored, an interior one is an error (a label's
+    index is its line number)."""
+    labels = [str(label).strip() for label in lines]
+    while labels and not labels[-1]:
+        labels.pop()
+    blank = next((n for n, label in enumerate(labels, 1) if not label), None)
+    if blank:
+        raise UsageError(f"label map {where}: line {blank} is blank (a label's index is its line number)")
+    return tuple(labels)
+
+
 def _flag(name):
     return "--" + name.replace("_", "-")
 
@@ -244,9 +282,9 @@ def build_parser():
                     "option (--runner, --direct_num_workers, Dataflow or Flink flags) passes through.")
     parser.add_argument("--dataset", help=f"built-in dataset config: {', '.join(DATASETS)}")
     parser.add_argument("--config", help="a YAML config applied on top of the dataset's")
+    configs = dataset_defaults()
     for name, (kind, default, text) in OPTIONS.items():
-        shown = f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})" \
-            if default not in (None, [], {}, False) else ""
+        shown = default_text(default, configs.get(name, {}))
         text = text.replace("%", "%%")
         shown = shown.replace("%", "%%")
         if kind is bool:
@@ -361,12 +399,13 @@ def _settings(m, args, layers):
     labels = m["label_map"]
     if labels is None:
         raise UsageError(f"dataset {name!r} has no label map: pass --label-map FILE")
+    where = labels if isinstance(labels, str) else f"of {name}"
     if isinstance(labels, str):
         try:
             labels = storage.read_bytes(labels).decode("utf-8").splitlines()
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot read label map {labels}: {e}") from None
-    labels = tuple(label.strip() for label in labels if label.strip())
+    labels = label_lines(labels, where)
     label_map = LabelMap(labels)
     classes = _as_list(m["classes"])
     unknown = [c for c in classes if label_map.lookup(c) is None]

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 
-from transforms.ledger import Ledger, is_complete
+from transforms.ledger import Ledger, has_outputs
 from transforms.records import GOOD
 
 
@@ -22,13 +22,15 @@ def _duration(seconds):
 
 class Progress(threading.Thread):
     """`clips` is a callable giving this run's clips (read in the thread, off the launch path);
-    `expected` maps a clip to the outputs its steps must leave (see ledger.is_complete)."""
+    `expected` maps a clip to the outputs its steps must leave, `complete(record, clip)` says
+    whether an earlier record leaves the clip nothing to do."""
 
-    def __init__(self, settings, clips, expected, out=sys.stderr):
+    def __init__(self, settings, clips, expected, complete, out=sys.stderr):
         super().__init__(name="kinetics-prep-progress", daemon=True)
         self.settings = settings
         self.clips = clips
         self.expected = expected
+        self.complete = complete
         self.out = out
         self.halt = threading.Event()
         self.started = time.monotonic()
@@ -57,10 +59,10 @@ class Progress(threading.Thread):
         changed = [u for u, s in listing.items() if self.seen.get(u) != s]
         for url, rec in self.ledger.read_many(changed).items():
             if rec.get("run_id") == self.settings.run_id:
-                if rec["status"] not in GOOD or is_complete(rec, self.expected(self.wanted[url])):
+                if rec["status"] not in GOOD or has_outputs(rec, self.expected(self.wanted[url])):
                     self.this_run[url] = rec["status"]
                     self.skipped.discard(url)
-            elif baseline and is_complete(rec, self.expected(self.wanted[url])):
+            elif baseline and self.complete(rec, self.wanted[url]):
                 self.skipped.add(url)
         self.seen.update(listing)
 

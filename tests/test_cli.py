@@ -1,10 +1,15 @@
+import io
 import json
+import os
+import re
 import subprocess
 import sys
+import tarfile
+import time
 
 import pytest
 
-from conftest import ROOT, make_video, read_records, run_cli, write_csv
+from conftest import ROOT, make_video, read_records, run_cli, serve_dir, write_csv
 from pipeline.options import UsageError, resolve
 
 CSV = "label,youtube_id,time_start,time_end,split\nabseiling,abcdefghijk,1,11,val\n"
@@ -43,12 +48,113 @@ def test_usage_errors_are_one_line_exit_2(args, message):
     assert len(lines) == 1 and lines[0].startswith("kinetics-prep: error:") and message in lines[0]
 
 
+def one_line_error(proc):
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kinetics-prep: error: "), proc.stderr
+    return lines[0]
+
+
 def test_missing_file_and_unreachable_url_are_one_line_exit_1(tmp_path):
-    for source in (tmp_path / "nope.csv", "http://127.0.0.1:9/kinetics400.tar.gz"):
-        proc = run_process("--dataset", "kinetics400", "--annotations", source, "--output", tmp_path / "o")
-        assert proc.returncode == 1
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and "cannot read annotations" in lines[0] and "Traceback" not in proc.stderr
+    with serve_dir(tmp_path) as base:
+        for source, why in ((tmp_path / "nope.csv", "No such file or directory"),
+                            ("http://127.0.0.1:9/kinetics400.tar.gz", "connection refused"),
+                            (f"{base}/gone.csv", "404 File not found")):
+            proc = run_process("--dataset", "kinetics400", "--annotations", source, "--output", tmp_path / "o")
+            assert one_line_error(proc).startswith(f"kinetics-prep: error: cannot read annotations {source}: {why}")
+
+
+def _tarball(path, members):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    return path
+
+
+def test_bad_and_non_kinetics_tarballs_are_one_line(tmp_path):
+    bad = write_csv(tmp_path / "bad.tar.gz", b"\x1f\x8b not really gzip")
+    other = _tarball(tmp_path / "other.tar.gz", {"readme.txt": b"hi", "data/train.json": b"{}"})
+    truncated = write_csv(tmp_path / "cut.tar.gz", _tarball(tmp_path / "k.tar.gz", {
+        "k/train.csv": CSV.encode() * 2000}).read_bytes()[:600])
+    for path, why in ((bad, f"cannot read annotation archive {bad}: "),
+                      (other, f"{other} holds no train.csv, validate.csv or test.csv"),
+                      (truncated, f"cannot read annotation archive {truncated}: ")):
+        proc = run_process("--dataset", "kinetics400", "--annotations", path, "--output", tmp_path / "o")
+        assert why in one_line_error(proc)
+
+
+def test_annotation_errors_inside_the_run_are_one_line(tmp_path):
+    """The backstop: an archive that fails only once the pipeline reads it (no preflight here)."""
+    bad = write_csv(tmp_path / "bad.tar.gz", b"\x1f\x8b not really gzip")
+    code = "import sys; from pipeline import cli; cli.preflight = lambda s: None; sys.exit(cli.main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "--dataset", "kinetics400", "--annotations", str(bad),
+                           "--output", str(tmp_path / "o"), "--steps", "filelists"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"kinetics-prep: error: cannot read annotation archive {bad}: ")
+    assert len(proc.stderr.strip().splitlines()) == 2  # the start line and the error
+
+
+def _closed_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_gcs_is_fast_and_one_line(tmp_path):
+    port = _closed_port()
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}",
+               GCE_METADATA_HOST=f"127.0.0.1:{port}", GCE_METADATA_IP=f"127.0.0.1:{port}")
+    for args in (["--annotations", "gs://bucket/a.csv", "--output", tmp_path / "o"],
+                 ["--annotations", write_csv(tmp_path / "a.csv", CSV), "--output", "gs://bucket/out"]):
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "pipeline", "--dataset", "kinetics400", *map(str, args)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert time.monotonic() - started < 20
+        assert one_line_error(proc).endswith(f"cannot connect to 127.0.0.1:{port}: Connection refused")
+
+
+def test_missing_gcs_object_is_one_line_without_client_logging(tmp_path):
+    """gcsfs and google.auth log credential warnings for every bucket they look at; not in preflight."""
+    from gcs_emulator import emulator
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "FSSPEC_GS_TOKEN", "FSSPEC_GCS_TOKEN")}
+    with emulator() as endpoint:
+        env.update(STORAGE_EMULATOR_HOST=endpoint, NO_GCE_CHECK="true", GCE_METADATA_HOST="127.0.0.1:9",
+                   GCE_METADATA_IP="127.0.0.1:9")
+        proc = subprocess.run([sys.executable, "-m", "pipeline", "--dataset", "kinetics400", "--annotations",
+                               "gs://bucket/nope.csv", "--output", str(tmp_path / "o")],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert one_line_error(proc) == "kinetics-prep: error: cannot read annotations gs://bucket/nope.csv: not found"
+
+
+def test_help_says_which_defaults_the_dataset_configs_set():
+    text = " ".join(run_process("--help").stdout.split())
+    assert "(default: filelists)" not in text
+    assert ("(default from the dataset config: fetch,filelists for kinetics400, kinetics600, kinetics700, "
+            "kinetics700_2020; fetch,resize,rgb,flow,shards,filelists for demo; filelists otherwise)") in text
+    assert "(default from the dataset config: local for demo; youtube otherwise)" in text
+    assert "(default from the dataset config: train,val for demo; train,val,test otherwise)" in text
+    assert "(default from the dataset config: dis for demo; tvl1 otherwise)" in text
+    assert re.search(r"--filelist-format \{txt,json\} file list format \(default: txt\)", text)
+
+
+def test_label_map_blank_lines(tmp_path):
+    lm = tmp_path / "labels.txt"
+    lm.write_text("abseiling\nzumba\n\n \n")
+    settings, _, _ = resolve(["--dataset", "kinetics400", "--label-map", str(lm), "--output", "o"])
+    assert settings.labels == ("abseiling", "zumba")
+    lm.write_text("abseiling\n\nzumba\n")
+    with pytest.raises(UsageError, match=r"label map .*labels.txt: line 2 is blank"):
+        resolve(["--dataset", "kinetics400", "--label-map", str(lm), "--output", "o"])
+    cfg = tmp_path / "mini.yaml"
+    cfg.write_text("name: mini\nlabel_map: [abseiling, '', zumba]\n")
+    with pytest.raises(UsageError, match="line 2 is blank"):
+        resolve(["--config", str(cfg), "--output", "o", "--annotations", "a.csv"])
 
 
 def test_unwritable_output_is_one_line(tmp_path):

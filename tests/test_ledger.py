@@ -39,11 +39,22 @@ def test_ledger_round_trip_and_whole_writes(tmp_path, root):
 
 def test_is_complete():
     rec = clip(1).record("ok", outputs={"video": "v.mp4"})
-    assert is_complete(rec, {}) and is_complete(rec, {"video": "v.mp4"})
+    assert is_complete(rec, {"video": "v.mp4"})
+    assert not is_complete(rec, {}), "with file lists alone the tree is checked again"
     assert not is_complete(rec, {"video": "other.mp4"}) and not is_complete(rec, {"rgb": "d"})
-    assert not is_complete(clip(1).record("network"), {}) and not is_complete(None, {})
+    assert not is_complete(clip(1).record("network"), {"video": "v.mp4"}) and not is_complete(None, {})
     gone = clip(1).record("unavailable", permanent=True)
     assert is_complete(gone, {}) and not is_complete(gone, {}, retry_unavailable=True)
+
+
+def test_is_complete_only_for_outputs_made_with_this_runs_options():
+    made = {"video": {"trim": "exact"}, "rgb": {"new_short": 256}}
+    rec = clip(1).record("ok", outputs={"video": "v.mp4", "rgb": "d"}, params=made)
+    expected = {"video": "v.mp4", "rgb": "d"}
+    assert is_complete(rec, expected, params=made)
+    assert not is_complete(rec, expected, params=dict(made, rgb={"new_short": 320}))
+    assert is_complete(clip(1).record("exists", outputs=expected), expected, params=made), \
+        "outputs of a tree made elsewhere say nothing of their options: taken as they are"
 
 
 def test_progress_counts_this_run_and_what_was_complete(tmp_path):
@@ -53,7 +64,7 @@ def test_progress_counts_this_run_and_what_was_complete(tmp_path):
     ledger.write(dict(clips[0].record("ok"), run_id="before"))
     ledger.write(dict(clips[1].record("exists"), run_id="before"))
     ledger.write(dict(clips[2].record("network"), run_id="before"))
-    progress = Progress(S(out), lambda: clips, lambda c: {})
+    progress = Progress(S(out), lambda: clips, lambda c: {}, lambda rec, c: rec["status"] in ("ok", "exists"))
     progress.prime()
     assert progress.counts() == {"total": 6, "done": 2, "skipped": 2, "failed": 0, "rate": 0.0}
     ledger.write(dict(clips[2].record("ok"), run_id="now"))

@@ -131,7 +131,8 @@ def test_rerun_replaces_outputs_whole(tree):
     again = read_records(out)
     assert len(again) == 4
     assert all(r["status"] == first[r["clip_id"]]["status"] for r in again)
-    assert all(r["run_id"] == first[r["clip_id"]]["run_id"] for r in again)  # nothing redone
+    assert all(r["run_id"] == first[r["clip_id"]]["run_id"] for r in again
+               if "video" in (r.get("outputs") or {}))  # nothing redone; clips without a video are looked at again
 
 
 def test_verify_full_catches_a_corrupt_existing_video(tmp_path, fixtures):
@@ -238,3 +239,70 @@ def test_killed_run_resumes_without_redoing(tmp_path, fixtures):
         assert path.read_bytes() == data  # not redone
     runs = {r["run_id"] for r in records}
     assert len(runs) == 2
+
+
+HEAD = "label,youtube_id,time_start,time_end,split\n"
+
+
+def lists(out):
+    return sorted(p.name for p in out.glob("kinetics400_*_list_*"))
+
+
+def test_lists_of_other_splits_survive_and_stale_lists_go(tmp_path):
+    train = write_csv(tmp_path / "kinetics_train.csv", HEAD + "abseiling,abcdefghijk,0,10,train\nabseiling,x\n")
+    val = write_csv(tmp_path / "kinetics_val.csv", HEAD + "zumba,bbcdefghijk,0,10,val\n")
+    nowhere = write_csv(tmp_path / "more.csv", HEAD + "x,y\n")
+    out = tmp_path / "out"
+    make_video(out / "videos_train" / "abseiling" / "abcdefghijk_000000_000010.mp4")
+    make_video(out / "videos_val" / "zumba" / "bbcdefghijk_000000_000010.mp4")
+    base = ["--dataset", "kinetics400", "--output", out, "--steps", "filelists"]
+    assert run_cli(*base, "--annotations", train, "--annotations", val, "--splits", "train,val") == 0
+    train_list = out / "kinetics400_train_list_videos.txt"
+    assert train_list.read_text() == "abseiling/abcdefghijk_000000_000010.mp4 0\n"
+
+    assert run_cli(*base, "--annotations", train, "--annotations", val, "--annotations", nowhere,
+                   "--splits", "val", "--filelist-format", "json") == 0
+    assert lists(out) == ["kinetics400_train_list_videos.txt", "kinetics400_val_list_videos.json"]
+    assert train_list.read_text() == "abseiling/abcdefghijk_000000_000010.mp4 0\n"
+    assert sorted(p.name for p in (out / "manifest").iterdir()) == ["unknown.jsonl", "val.jsonl"]
+    (unknown,) = [json.loads(line) for line in (out / "manifest" / "unknown.jsonl").read_text().splitlines()]
+    assert unknown["reason"] == "more.csv line 2: expected 5 fields, got 2" and unknown["split"] == "unknown"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == {"splits": {"unknown": {"invalid": 1}, "val": {"exists": 1}},
+                       "total": {"exists": 1, "invalid": 1}}
+
+    assert run_cli(*base, "--annotations", val, "--splits", "train,val") == 0
+    assert lists(out) == ["kinetics400_val_list_videos.txt"]
+    assert (out / "manifest" / "train.jsonl").read_bytes() == b""
+    assert sorted(p.name for p in (out / "manifest").iterdir()) == ["train.jsonl", "val.jsonl"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == {"splits": {"train": {}, "val": {"exists": 1}}, "total": {"exists": 1}}
+
+
+def test_failures_csv_escapes_control_characters(tmp_path):
+    rows = ['"ab\x00seiling",abcdefghijk,0,10,val', '"a\x1eb\rc",bbcdefghijk,0,10,val',
+            '"x\u2028y\x85z",cbcdefghijk,0,10,val', "abseiling,dbcdefghi\x0bk,0,10,val"]
+    ann = write_csv(tmp_path / "val.csv", HEAD + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert run_cli("--dataset", "kinetics400", "--annotations", ann, "--output", out, "--steps", "filelists") == 0
+    text = (out / "failures.csv").read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 1 + len(rows)
+    assert not [ch for ch in text if ch != "\n" and not ch.isprintable()]
+    got = list(csv.reader(text.splitlines()))
+    assert [r[1] for r in got[1:]] == ["ab\\x00seiling", "a\\x1eb\\x0dc", "x\\u2028y\\x85z", "abseiling"]
+    assert got[4][2] == "dbcdefghi\\x0bk" and all(r[5] == "invalid" for r in got[1:])
+
+
+def test_start_sweeps_temporary_files_a_killed_run_left_in_the_ledger(tmp_path):
+    ann = write_csv(tmp_path / "val.csv", HEAD + "abseiling,abcdefghijk,0,10,val\n")
+    out = tmp_path / "out"
+    ledger = out / "_ledger" / "val" / "abseiling"
+    ledger.mkdir(parents=True)
+    left = [ledger / ".bbcdefghijk_000000_000010.json.0123456789ab.tmp", out / "_ledger" / ".x.json.a1b2c3d4e5f6.tmp"]
+    kept = [ledger / "bbcdefghijk_000000_000010.json", ledger / "notes.tmp", ledger / ".x.json.tmp"]
+    for path in left + kept:
+        path.write_text("{}")
+    assert run_cli("--dataset", "kinetics400", "--annotations", ann, "--output", out, "--steps", "filelists") == 0
+    assert not [p for p in left if p.exists()]
+    assert all(p.read_text() == "{}" for p in kept)
+    assert (ledger / "abcdefghijk_000000_000010.json").exists()

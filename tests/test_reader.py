@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ANNOTATIONS, ROOT, serve_dir, write_csv
 from pipeline.options import builtin_config
-from transforms.reader import AnnotationError, AnnotationReader, LabelMap, clean_class_dir
+from transforms.reader import AnnotationError, AnnotationReader, LabelMap, check_trim_format, clean_class_dir
 from transforms.records import Clip
 
 
@@ -157,7 +157,7 @@ def test_missing_columns_and_empty_file(tmp_path):
     (a,) = read([write_csv(tmp_path / "a.csv", "label,youtube_id,time_start\nx,abcdefghijk,1\n")])
     assert a["status"] == "invalid" and "time_end" in a["reason"] and a["clip_id"] == "line-1"
     (b,) = read([write_csv(tmp_path / "val.csv", "")])
-    assert b["status"] == "invalid" and b["reason"] == "empty annotation file" and b["split"] == "val"
+    assert b["status"] == "invalid" and b["reason"] == "val.csv line 1: empty annotation file" and b["split"] == "val"
 
 
 def _tarball(path, members):
@@ -193,10 +193,75 @@ def test_http_and_fsspec_sources(tmp_path, fixtures):
     fs = fsspec.filesystem("memory")
     fs.pipe_file("/ann/val.csv", (ANNOTATIONS / "deepmind_k400_validate.csv").read_bytes())
     assert len(clips(read(["memory:///ann/val.csv"]))) == 18035
-    with pytest.raises(AnnotationError, match="cannot open"):
+    with pytest.raises(AnnotationError, match="cannot read annotations .*nope.csv: No such file"):
         read([tmp_path / "nope.csv"])
 
 
 def test_clean_class_dir_matches_mmaction2():
     assert clean_class_dir('"massaging person\'s head"') == "massaging_person's_head"
     assert clean_class_dir("hurling (sport)") == "hurling_(sport)"
+
+
+HEAD = "label,youtube_id,time_start,time_end,split\n"
+
+
+def test_malformed_rows_are_filtered_by_split_and_keep_their_fields(tmp_path):
+    train = write_csv(tmp_path / "kinetics_train.csv", HEAD + "abseiling,abcdefghijk,1,11,train\nabseiling,x\n")
+    val = write_csv(tmp_path / "kinetics_val.csv", HEAD + "abseiling,bbcdefghijk,1,11,val\nzumba,cbcdefghijk\n")
+    other = write_csv(tmp_path / "more.csv", HEAD + "air, drumming,dbcdefghijk,1,11,train\n"
+                                                  "air, drumming,ebcdefghijk,1,11,val\nx,y\n")
+    bad_header = write_csv(tmp_path / "test.csv", "id,start\nabcdefghijk,1\n")
+    items = read([train, val, other, bad_header], splits=["val"])
+    invalid = [(i["split"], i["reason"], i["raw"]) for i in items if isinstance(i, dict)]
+    assert invalid == [
+        ("val", "kinetics_val.csv line 3: expected 5 fields, got 2",
+         {"label": "zumba", "youtube_id": "cbcdefghijk", "fields": ["zumba", "cbcdefghijk"]}),
+        ("val", "more.csv line 3: expected 5 fields, got 6",
+         {"split": "val", "fields": ["air", "drumming", "ebcdefghijk", "1", "11", "val"]}),
+        ("unknown", "more.csv line 4: expected 5 fields, got 2", {"label": "x", "youtube_id": "y", "fields": ["x", "y"]}),
+    ]
+    assert [c.clip_id for c in clips(items)] == ["bbcdefghijk_000001_000011"]
+    by_class = read([val, other], splits=["val"], classes=["abseiling"])
+    assert [i["reason"].split(":")[0] for i in by_class if isinstance(i, dict)] == ["more.csv line 3"]
+    (header,) = [i for i in read([bad_header]) if isinstance(i, dict)]
+    assert header["split"] == "test" and header["raw"] == {"fields": ["id", "start"]}
+    assert header["reason"].startswith("test.csv line 1: header 'id,start' lacks")
+
+
+def test_same_clip_id_with_other_times_is_invalid(tmp_path):
+    a = write_csv(tmp_path / "a.csv", HEAD + "abseiling,abcdefghijk,0,10,val\nzumba,abcdefghijk,0,10,val\n"
+                                              "abseiling,abcdefghijk,0,10,val\nabseiling,abcdefghijk,0.5,10.2,val\n")
+    b = write_csv(tmp_path / "b.csv", HEAD + "abseiling,abcdefghijk,0.0,10,val\n")
+    items = read([a, b])
+    assert [(c.class_dir, c.line) for c in clips(items)] == [("abseiling", 2), ("zumba", 3)]
+    (dup,) = [i for i in items if isinstance(i, dict)]
+    assert dup["clip_id"] == "line-5" and dup["raw"]["time_start"] == "0.5"
+    assert dup["reason"] == "a.csv line 5: duplicates the clip id abcdefghijk_000000_000010 of line 2 of a.csv"
+    assert len(clips(read([a, b], trim_format="%.1f"))) == 3
+
+
+def test_negative_zero_and_trim_format_of_the_time_value(tmp_path):
+    text = HEAD + "abseiling,abcdefghijk,-0,10,val\nabseiling,bbcdefghijk,417.5,427.9,val\n"
+    ann = write_csv(tmp_path / "a.csv", text)
+    assert [(c.clip_id, c.time_start) for c in clips(read([ann]))] == [
+        ("abcdefghijk_000000_000010", 0), ("bbcdefghijk_000417_000427", 417.5)]
+    assert str(clips(read([ann]))[0].time_start) == "0.0"
+    assert [c.clip_id for c in clips(read([ann], trim_format="%.1f"))] == [
+        "abcdefghijk_0.0_10.0", "bbcdefghijk_417.5_427.9"]
+    assert [c.clip_id for c in clips(read([ann], trim_format="%s"))] == [
+        "abcdefghijk_0_10", "bbcdefghijk_417.5_427.9"]
+    for bad, why in (("%x", "cannot format 417.5"), ("%s/..", "not a safe"), ("%c", "not a safe"),
+                     ("%e", "not a safe")):
+        with pytest.raises(ValueError, match=why):
+            check_trim_format(bad)
+
+
+def test_unreadable_sources_say_why(tmp_path):
+    with serve_dir(tmp_path) as base:
+        with pytest.raises(AnnotationError, match=r"nope.csv: 404 File not found$"):
+            read([f"{base}/nope.csv"])
+    with pytest.raises(AnnotationError, match=r"x.csv: connection refused: Cannot connect to host 127.0.0.1:9"):
+        read(["http://127.0.0.1:9/x.csv"])
+    (tmp_path / "bad.tar.gz").write_bytes(b"not a tar")
+    with pytest.raises(AnnotationError, match="cannot read annotation archive .*bad.tar.gz: "):
+        read([tmp_path / "bad.tar.gz"])

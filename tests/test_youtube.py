@@ -61,6 +61,8 @@ def test_fetch_taxonomy_grouping_and_reruns(tmp_path, source):
         assert plain_gets(server, "okvideo0001") == 1  # one fetch served both clips of the id
         assert first["bytes_fetched"] > 0 and second["bytes_fetched"] == 0
         assert second["fetched_with"] == first["clip_id"] and first["fetch_window"] == [20.0, 38.0]
+        assert first["fetch_segment"] is second["fetch_segment"] is True
+        assert first["fetch_range"] == second["fetch_range"] == [18.0, 40.0]  # padded by 2 s
         assert first["bytes_fetched"] < 0.7 * os.path.getsize(source)
         assert first["format_id"] and first["ytdlp_version"] and first["rgb_frames"] == 100
         assert second["rgb_frames"] == 50
@@ -101,6 +103,42 @@ def test_bot_checks_stop_the_worker_and_say_so_first(tmp_path, source, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("YouTube bot checks stopped fetching: 3 clips") and "--cookies" in printed[0]
     assert json.loads((out / "summary.json").read_text())["total"] == {"rate_limited": 5}
+
+
+def test_an_unexpected_fetch_error_fails_its_clips_not_the_run(tmp_path, source, monkeypatch):
+    real_fetch = fetch.Fetcher.fetch
+
+    def disk_full_for_one_id(self, youtube_id, *args):
+        if youtube_id == "diskfull001":
+            raise OSError(28, "No space left on device")
+        return real_fetch(self, youtube_id, *args)
+
+    monkeypatch.setattr(fetch.Fetcher, "fetch", disk_full_for_one_id)
+    ann = write_csv(tmp_path / "val.csv", HEAD + "abseiling,diskfull001,5,15,val\nabseiling,okvideo0001,5,15,val\n"
+                    "archery,diskfull001,7,17,val\n")
+    out = tmp_path / "out"
+    with fs.FaultServer() as server:
+        server.add("okvideo0001", source)
+        assert run_cli(*args(server, ann, out)) == 0
+    recs = {(r["youtube_id"], r["time_start"]): r for r in read_records(out)}
+    assert recs[("okvideo0001", 5)]["status"] == "ok"
+    for key in (("diskfull001", 5), ("diskfull001", 7)):
+        assert recs[key]["status"] == "failed" and not recs[key].get("permanent")
+        assert recs[key]["reason"] == "OSError: [Errno 28] No space left on device"
+    ok = recs[("okvideo0001", 5)]
+    assert ok["fetch_segment"] is True and ok["fetch_range"] == [3.0, 17.0]
+
+
+def test_full_downloads_record_no_fetch_range(tmp_path, source):
+    ann = write_csv(tmp_path / "val.csv", HEAD + "abseiling,okvideo0001,5,15,val\n")
+    out = tmp_path / "out"
+    refuse_ranges = '{"generic": {"fragment_query": ["token=1"]}}'
+    with fs.FaultServer() as server:
+        server.add("okvideo0001", source)
+        assert run_cli(*args(server, ann, out, "--ytdlp-opt", f"extractor_args={refuse_ranges}")) == 0
+    (record,) = read_records(out)
+    assert record["status"] == "ok" and record["fetch_segment"] is False and record["fetch_range"] is None
+    assert record["bytes_fetched"] == os.path.getsize(source)
 
 
 def test_preflight_names_the_missing_tool(tmp_path):

@@ -25,6 +25,7 @@ from transforms.video import Segment, VideoError, VideoOptions, display_size, fr
 STEP_KINDS = (("fetch", "video"), ("resize", "resized"), ("rgb", "rgb"), ("flow", "flow"))
 DECODED_KINDS = ("video", "resized", "rgb")
 PREFIXES = {"rgb": ("img_",), "flow": ("flow_x_", "flow_y_")}
+VERIFY_LEVELS = {"probe": 0, "full": 1}  # records of videos this pipeline made say nothing: it decoded them whole
 
 
 def layout_for(settings):
@@ -48,6 +49,43 @@ def expected_outputs(clip, settings):
     return {kind: paths[kind] for step, kind in STEP_KINDS if step in settings.steps}
 
 
+def output_params(settings):
+    """{output kind: the options that shape it}; an output made with other options is made again."""
+    frames = {"new_short": settings.new_short, "new_width": settings.new_width,
+              "new_height": settings.new_height, "frame_index_base": settings.frame_index_base,
+              "remove_dup": settings.remove_dup}
+    return {"video": {"trim": settings.trim, "trim_preset": settings.trim_preset, "trim_crf": settings.trim_crf},
+            "resized": {"scale": settings.scale, "dense": settings.dense, "remove_dup": settings.remove_dup,
+                        "upscale": settings.upscale, "x264_preset": settings.x264_preset, "crf": settings.crf},
+            "rgb": frames,
+            "flow": dict(frames, flow_algorithm=settings.flow_algorithm, flow_bound=settings.flow_bound)}
+
+
+def complete(prev, clip, settings, look=True):
+    """Whether the earlier record `prev` leaves this run nothing to do for `clip`. With file lists
+    alone, a good record is trusted only if (`look`) its video is still where this run's layout
+    puts it and was checked at least as closely as this run asks."""
+    expected = expected_outputs(clip, settings)
+    if is_complete(prev, expected, settings.retry_unavailable, output_params(settings)):
+        return True
+    return not expected and look and trusted_video(prev, clip, settings)
+
+
+def trusted_video(prev, clip, settings):
+    if not prev or prev["status"] not in GOOD:
+        return False
+    layout = layout_for(settings)
+    rel = layout.video(clip)
+    checked = VERIFY_LEVELS.get(prev.get("verified", "full"), 0)
+    return ((prev.get("outputs") or {}).get("video") == rel and checked >= VERIFY_LEVELS[settings.verify]
+            and storage.exists(layout.url(rel)))
+
+
+def refreshed(prev, clip, status):
+    """An earlier record under this run's annotation: label, index, order and times from `clip`."""
+    return dict(prev, **clip.record(status, prev.get("reason", "")))
+
+
 def count_frames(layout, clip):
     """(img_ count, flow pair count, note) in the clip's rawframes dir."""
     names = storage.listdir_names(layout.url(layout.rawframes(clip)))
@@ -59,8 +97,9 @@ def count_frames(layout, clip):
     return img, fx, ""
 
 
-def existing_outputs(clip, settings):
-    """Record what an earlier run or tree already holds for the clip: `exists`, else `missing`."""
+def existing_outputs(clip, settings, prev=None):
+    """Record what the tree holds for the clip now: `exists`, else `missing`. The facts of a good
+    earlier record are kept, its outputs only where they are still there."""
     layout = layout_for(settings)
     rel = layout.video(clip)
     outputs, fields, notes = {}, {}, []
@@ -70,6 +109,8 @@ def existing_outputs(clip, settings):
         outputs["video"] = rel
     except VideoError as e:
         notes.append(f"{rel}: {e.reason}")
+    if storage.exists(layout.url(layout.resized(clip))):
+        outputs["resized"] = layout.resized(clip)
     img, flow, note = count_frames(layout, clip)
     if note:
         notes.append(note)
@@ -81,13 +122,18 @@ def existing_outputs(clip, settings):
         fields["flow_frames"] = flow
     if not outputs:
         return clip.record(MISSING, "; ".join(notes))
-    return clip.record(EXISTS, "", outputs=outputs, **fields)
+    earlier = dict(prev) if prev and prev["status"] in GOOD else {}
+    earlier.pop("params", None)
+    return dict(earlier, **clip.record(EXISTS, "; ".join(notes), outputs=outputs, verified=settings.verify, **fields))
 
 
-def kept_outputs(prev, expected):
+def kept_outputs(prev, expected, params):
+    """The outputs of the earlier record at this run's paths, made with this run's options."""
     if not prev or prev["status"] not in GOOD:
         return {}
-    return {k: v for k, v in (prev.get("outputs") or {}).items() if expected.get(k) == v}
+    made = prev.get("params") or {}
+    return {k: v for k, v in (prev.get("outputs") or {}).items()
+            if expected.get(k) == v and made.get(k, params.get(k)) == params.get(k)}
 
 
 class LocalVideos:
@@ -138,7 +184,7 @@ def publish(kind, local, url):
 def to_make(clip, settings, prev):
     """(outputs kept from the earlier record, decoded kinds still to make)."""
     expected = expected_outputs(clip, settings)
-    have = kept_outputs(prev, expected)
+    have = kept_outputs(prev, expected, output_params(settings))
     return have, [k for k in DECODED_KINDS if k in expected and k not in have]
 
 
@@ -148,7 +194,7 @@ def process_clip(clip, settings, source=None, prev=None, payload=None):
     expected = expected_outputs(clip, settings)
     have, todo = to_make(clip, settings, prev)
     if not todo:
-        return prev if have else existing_outputs(clip, settings)
+        return refreshed(prev, clip, prev["status"]) if have else existing_outputs(clip, settings, prev)
     layout = layout_for(settings)
     started = time.perf_counter()
     with storage.local_staging() as work:
@@ -166,32 +212,51 @@ def process_clip(clip, settings, source=None, prev=None, payload=None):
             return clip.record(e.status, e.reason)
         record = dict(prev) if have else {}
         outputs, sizes = dict(have), dict(record.get("sizes") or {})
+        params = {k: v for k, v in (record.get("params") or {}).items() if k in have}
         for kind, local in result.pop("files").items():
             sizes[kind] = publish(kind, local, layout.url(expected[kind]))
             outputs[kind] = expected[kind]
+            params[kind] = output_params(settings)[kind]
     seconds = {"fetch": round(fetched, 3), **result.pop("seconds")}
-    record.update(clip.record(OK, "", source=name, outputs=outputs, sizes=sizes, seconds=seconds, **result))
+    record.update(clip.record(OK, "", source=name, outputs=outputs, sizes=sizes, params=params, seconds=seconds,
+                              **result))
     return record
 
 
+def flow_source(record, settings, layout, work):
+    """(relative path, local copy, frame size) of the clip flow is computed from: the resized clip,
+    unless the frames are larger than it (--new-short 0 or above --scale) and the trimmed clip exists."""
+    outputs = record.get("outputs") or {}
+    source = outputs.get("resized") or outputs.get("video")
+    path = materialize(layout.url(source), work, "flow-source")
+    size = record.get("frame_size")
+    if size is None:
+        shown = (record["width"], record["height"]) if record.get("width") else display_size(path)
+        size = frame_size(*shown, video_options(settings))
+    if source != outputs.get("resized"):
+        return source, path, size
+    small = record.get("resized_size") or display_size(path)
+    trimmed = outputs.get("video") or layout.video(Clip.from_record(record))
+    if (size[0] > small[0] or size[1] > small[1]) and storage.exists(layout.url(trimmed)):
+        return trimmed, materialize(layout.url(trimmed), work, "flow-trimmed"), size
+    return source, path, size
+
+
 def add_flow(record, settings):
-    """Optical flow for a finished clip, from its resized clip (else its trimmed clip)."""
+    """Optical flow for a finished clip, from its resized clip, else (or when that is smaller than
+    the frames) its trimmed clip; the record's flow_source says which."""
     expected = expected_outputs(Clip.from_record(record), settings)
     outputs = record.get("outputs") or {}
-    if "flow" not in expected or record["status"] not in GOOD or outputs.get("flow") == expected["flow"]:
+    params = output_params(settings)
+    if "flow" not in expected or record["status"] not in GOOD or "flow" in kept_outputs(record, expected, params):
         return record
     layout = layout_for(settings)
-    source = outputs.get("resized") or outputs.get("video")
-    if not source:
+    if not (outputs.get("resized") or outputs.get("video")):
         return dict(record, status=MISSING, reason="flow: no video to compute it from")
     started = time.perf_counter()
-    size = record.get("frame_size")
     with storage.local_staging() as work:
-        path = materialize(layout.url(source), work)
-        if size is None:
-            shown = (record["width"], record["height"]) if record.get("width") else display_size(path)
-            size = frame_size(*shown, video_options(settings))
-        frames = grey_frames(path, size, remove_dup=settings.remove_dup and "resized" not in outputs)
+        source, path, size = flow_source(record, settings, layout, work)
+        frames = grey_frames(path, size, remove_dup=settings.remove_dup and source != outputs.get("resized"))
         try:
             pairs, _ = write_flow(frames, os.path.join(work, "flow"), algorithm=settings.flow_algorithm,
                                   bound=settings.flow_bound, index_base=settings.frame_index_base)
@@ -200,7 +265,8 @@ def add_flow(record, settings):
         written = publish("flow", os.path.join(work, "flow"), layout.url(expected["flow"]))
     seconds = dict(record.get("seconds") or {}, flow=round(time.perf_counter() - started, 3))
     return dict(record, status=OK, outputs=dict(outputs, flow=expected["flow"]), flow_frames=pairs,
-                frame_size=list(size), sizes=dict(record.get("sizes") or {}, flow=written), seconds=seconds)
+                flow_source=source, frame_size=list(size), sizes=dict(record.get("sizes") or {}, flow=written),
+                params=dict(record.get("params") or {}, flow=params["flow"]), seconds=seconds)
 
 
 def count(record):
@@ -219,8 +285,8 @@ class CheckLedger(beam.DoFn):
 
     def process(self, clip):
         prev = None if self.settings.redo else self.ledger.read(clip.key)
-        if is_complete(prev, expected_outputs(clip, self.settings), self.settings.retry_unavailable):
-            record = dict(prev, status=EXISTS if prev["status"] == OK else prev["status"])
+        if complete(prev, clip, self.settings):
+            record = refreshed(prev, clip, EXISTS if prev["status"] == OK else prev["status"])
             count(record)
             yield record
         else:
@@ -287,29 +353,38 @@ class FetchClips(ProcessClips):
                 need.append((clip, prev))
             else:
                 yield self.run(clip, prev, None)
-        pad = self.settings.fetch.pad
-        for window in windows([(c.time_start, c.time_end) for c, _ in need], pad):
+        for window in windows([(c.time_start, c.time_end) for c, _ in need], self.settings.fetch.pad):
             members = [(c, p) for c, p in need if (c.time_start, c.time_end) in window.ranges]
             with storage.local_staging() as work:
-                started = time.perf_counter()
-                try:
-                    result = self.fetcher.fetch(youtube_id, window.start, window.end, work)
-                except FetchError as e:
-                    for clip, _ in members:
-                        record = clip.record(e.status, e.reason, attempts=e.attempts,
-                                             **({"permanent": True} if e.permanent else {}))
-                        yield self.finish(record, started, True)
-                    continue
-                url = source_url(self.settings.fetch.url_template, youtube_id)
-                shared = {"format_id": result.format_id, "ytdlp_version": result.ytdlp_version,
-                          "attempts": result.attempts, "fetch_window": [window.start, window.end],
-                          "seconds": round(time.perf_counter() - started, 3)}
-                source = functools.partial(fetched_segment, result, url)
-                for i, (clip, prev) in enumerate(members):
-                    fetched = dict(shared, bytes_fetched=result.bytes_fetched if i == 0 else 0)
-                    if i:
-                        fetched["fetched_with"] = members[0][0].clip_id
-                    yield self.run(clip, prev, source, fetched=fetched)
+                yield from self.fetch_window(youtube_id, window, members, work)
+
+    def fetch_window(self, youtube_id, window, members, work):
+        started = time.perf_counter()
+        try:
+            result = self.fetcher.fetch(youtube_id, window.start, window.end, work)
+        except Exception as e:  # noqa: BLE001 - a full disk or a bug fails these clips, not the bundle
+            for clip, _ in members:
+                yield self.finish(self.fetch_failure(clip, e), started, True)
+            return
+        url = source_url(self.settings.fetch.url_template, youtube_id)
+        shared = {"format_id": result.format_id, "ytdlp_version": result.ytdlp_version,
+                  "attempts": result.attempts, "fetch_window": [window.start, window.end],
+                  "fetch_segment": result.segment,
+                  "fetch_range": list(result.fetch_range) if result.fetch_range else None,
+                  "seconds": round(time.perf_counter() - started, 3)}
+        source = functools.partial(fetched_segment, result, url)
+        for i, (clip, prev) in enumerate(members):
+            fetched = dict(shared, bytes_fetched=result.bytes_fetched if i == 0 else 0)
+            if i:
+                fetched["fetched_with"] = members[0][0].clip_id
+            yield self.run(clip, prev, source, fetched=fetched)
+
+    @staticmethod
+    def fetch_failure(clip, error):
+        if isinstance(error, FetchError):
+            return clip.record(error.status, error.reason, attempts=error.attempts,
+                               **({"permanent": True} if error.permanent else {}))
+        return clip.record(FAILED, f"{type(error).__name__}: {error}")
 
 
 class ComputeFlow(_Recording):

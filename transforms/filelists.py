@@ -12,6 +12,7 @@ import random
 from transforms.records import GOOD
 
 KINDS = ("videos", "rawframes", "flow")
+FORMATS = ("txt", "json")
 
 
 def list_name(dataset, split, kind, fmt="txt"):

@@ -60,13 +60,21 @@ def parse(data):
     return rec if isinstance(rec, dict) and "status" in rec else None
 
 
-def is_complete(record, expected_outputs, retry_unavailable=False):
-    """Whether a ledger record means this run has nothing left to do for the clip."""
+def has_outputs(record, expected_outputs, params=None):
+    """Whether a good record holds every expected output at its path, made with this run's options
+    (`params` by kind; a record that does not say how an output was made is taken as made so)."""
+    if record is None or record["status"] not in GOOD:
+        return False
+    have, made, params = record.get("outputs") or {}, record.get("params") or {}, params or {}
+    return all(have.get(kind) == rel and made.get(kind, params.get(kind)) == params.get(kind)
+               for kind, rel in expected_outputs.items())
+
+
+def is_complete(record, expected_outputs, retry_unavailable=False, params=None):
+    """Whether a ledger record means this run has nothing left to do for the clip. With no outputs
+    expected (file lists alone), the tree is checked again on every run."""
     if record is None:
         return False
     if record["status"] == UNAVAILABLE and record.get("permanent") and not retry_unavailable:
         return True
-    if record["status"] not in GOOD:
-        return False
-    have = record.get("outputs") or {}
-    return all(have.get(step) == rel for step, rel in expected_outputs.items())
+    return bool(expected_outputs) and has_outputs(record, expected_outputs, params)

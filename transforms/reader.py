@@ -9,27 +9,66 @@ import io
 import math
 import posixpath
 import re
+import socket
 import tarfile
 import unicodedata
+import zlib
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import storage
-from transforms.records import SPLITS, Clip, invalid_record
+from transforms.records import SPLITS, Clip, invalid_record, number
 
 YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
-NUMBER = re.compile(r"\+?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+SAFE_PART = re.compile(r"[0-9A-Za-z._-]+")
 MAX_SECONDS = 1e7
+TRIM_FORMAT_PROBES = (0, 17, 417.5)
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "validate": "val",
                "validation": "val", "test": "test", "testing": "test"}
 TAR_MEMBERS = {"train.csv", "validate.csv", "val.csv", "test.csv"}
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 REQUIRED = ("youtube_id", "time_start", "time_end")
+HEADER_BYTES = 1 << 16
+ROOT_CAUSES = ((ConnectionRefusedError, "connection refused"), (socket.gaierror, "name resolution failed"),
+               (TimeoutError, "timed out"))
+UNSAID = ((FileNotFoundError, "not found"), (PermissionError, "permission denied"))
 
 
 class AnnotationError(Exception):
     """An annotation source cannot be opened or read at all."""
+
+
+def describe(e):
+    """One line saying why `e` happened: its message and its causes' (__cause__/__context__),
+    each said once, led by a plain phrase for a known root cause (connection refused, ...)."""
+    chain = []
+    while e is not None and e not in chain and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    parts = []
+    for text in filter(None, map(_message, chain)):
+        if not any(text in p for p in parts):
+            parts = [p for p in parts if p not in text] + [text]
+    phrase = next((p for cls, p in ROOT_CAUSES if isinstance(chain[-1], cls)), "")
+    if phrase and not any(phrase in p.lower() for p in parts):
+        parts.insert(0, phrase)
+    if not parts:
+        parts = [next((p for cls, p in UNSAID if isinstance(chain[0], cls)), type(chain[0]).__name__)]
+    return ": ".join(parts)[:300]
+
+
+def _message(e):
+    status = getattr(e, "status", None)
+    if isinstance(status, int) and getattr(e, "message", None):
+        return f"{status} {e.message}"
+    text = str(e)
+    if isinstance(e, OSError) and e.strerror and text.startswith("[Errno"):
+        text = str(e.strerror)
+    lines = text.strip().splitlines()
+    text = lines[0].strip().rstrip(":") if lines else ""
+    return "" if " " not in text and ("://" in text or "/" in text) else text
 
 
 def clean_class_dir(label):
@@ -41,18 +80,25 @@ def class_dir_for(label, mode):
     return label if mode == "raw" else clean_class_dir(label)
 
 
-def format_clip_id(youtube_id, start, end, trim_format="%06d"):
-    return f"{youtube_id}_{trim_format % int(start)}_{trim_format % int(end)}"
+def format_time(seconds, trim_format="%06d"):
+    """A time as clip ids show it: `trim_format` of the value (an int when whole, as the crawler's
+    CSV values were), so %06d truncates and %.1f keeps tenths."""
+    return trim_format % number(seconds)
+
+
+def _unsafe_part(text):
+    return not SAFE_PART.fullmatch(text) or text in (".", "..")
 
 
 def check_trim_format(trim_format):
     """Raise ValueError unless `trim_format` turns seconds into a safe file-name part."""
-    try:
-        out = trim_format % 17
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"--trim-format {trim_format!r} cannot format an integer: {e}") from None
-    if not re.fullmatch(r"[0-9A-Za-z._-]+", out) or out in (".", ".."):
-        raise ValueError(f"--trim-format {trim_format!r} gives {out!r}, not a safe file-name part")
+    for seconds in TRIM_FORMAT_PROBES:
+        try:
+            out = format_time(seconds, trim_format)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--trim-format {trim_format!r} cannot format {seconds}: {e}") from None
+        if _unsafe_part(out):
+            raise ValueError(f"--trim-format {trim_format!r} gives {out!r}, not a safe file-name part")
 
 
 def split_from_name(name):
@@ -61,6 +107,14 @@ def split_from_name(name):
         if word in base:
             return split
     return None
+
+
+def short_name(name):
+    """An annotation's name for messages: 'kinetics_val.csv', 'kinetics400.tar.gz:k400/train.csv'."""
+    url, _, member = name.rpartition(":")
+    if url.lower().endswith(TAR_SUFFIXES):
+        return f"{posixpath.basename(url)}:{member}"
+    return posixpath.basename(name.split("?", 1)[0])
 
 
 def _unsafe_name(name):
@@ -77,9 +131,11 @@ def _seconds(text, what):
     if not NUMBER.fullmatch(text):
         return None, f"{what} {text!r} is not a non-negative number"
     value = float(text)
+    if value < 0:
+        return None, f"{what} {text!r} is not a non-negative number"
     if not math.isfinite(value) or value > MAX_SECONDS:
         return None, f"{what} {text!r} is out of range"
-    return value, ""
+    return abs(value), ""
 
 
 def open_sources(urls):
@@ -88,7 +144,7 @@ def open_sources(urls):
         try:
             f = storage.open_input(url)
         except Exception as e:  # noqa: BLE001 - any opener failure is the same user error
-            raise AnnotationError(f"cannot open annotations {url}: {e}") from None
+            raise AnnotationError(f"cannot read annotations {url}: {describe(e)}") from None
         with f:
             if url.lower().split("?", 1)[0].endswith(TAR_SUFFIXES):
                 yield from _tar_members(url, f)
@@ -97,32 +153,64 @@ def open_sources(urls):
 
 
 def _tar_members(url, f):
+    found = False
     try:
         with tarfile.open(fileobj=f, mode="r|*") as tar:
-            found = False
             for member in tar:
                 if member.isfile() and posixpath.basename(member.name) in TAR_MEMBERS:
                     found = True
                     yield f"{url}:{member.name}", io.BytesIO(tar.extractfile(member).read())
-    except tarfile.TarError as e:
-        raise AnnotationError(f"cannot read annotation archive {url}: {e}") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise AnnotationError(f"cannot read annotation archive {url}: {describe(e)}") from None
     if not found:
         raise AnnotationError(f"{url} holds no train.csv, validate.csv or test.csv")
 
 
-def parse_rows(name, f):
-    """Yield (line, {column: value}) or (line, error) for each data row of one CSV."""
+def read_header(f):
+    """The first row of one CSV, read only as far as it goes (preflight: is the source readable?)."""
+    return f.read(HEADER_BYTES).split(b"\n", 1)[0]
+
+
+def _split_field(columns, values):
+    """The split a row with the wrong field count names, if its split field can be found
+    (counting from the left or from the right) and is a split name."""
+    if "split" not in columns:
+        return None
+    i = columns.index("split")
+    for j in (i, i + len(values) - len(columns)):
+        if 0 <= j < len(values) and values[j].lower() in SPLIT_NAMES:
+            return values[j]
+    return None
+
+
+def malformed_fields(columns, values):
+    """A wrong-length row's raw values: every field, the columns a short row matches from the
+    left, and its split field where it can be found."""
+    raw = dict(zip(columns, values)) if len(values) < len(columns) else {}
+    raw.pop("split", None)
+    split = _split_field(columns, values)
+    if split is not None:
+        raw["split"] = split
+    return {**raw, "fields": values}
+
+
+def parse_rows(f):
+    """Yield (line, {column: value}, "") for each data row of one CSV, or (line, raw values, why)
+    for a row (or header) that cannot be read as one."""
     text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="replace", newline="")
     reader = csv.reader(text)
     try:
         header = next(reader)
     except StopIteration:
-        yield 1, "empty annotation file"
+        yield 1, {}, "empty annotation file"
+        return
+    except csv.Error as e:
+        yield 1, {}, f"unreadable header: {e}"
         return
     columns = [h.strip().lower() for h in header]
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
-        yield 1, f"header {','.join(columns)!r} lacks column(s) {', '.join(missing)}"
+        yield 1, {"fields": header}, f"header {','.join(columns)!r} lacks column(s) {', '.join(missing)}"
         return
     while True:
         try:
@@ -130,15 +218,16 @@ def parse_rows(name, f):
         except StopIteration:
             return
         except csv.Error as e:
-            yield reader.line_num, f"unreadable CSV row: {e}"
+            yield reader.line_num, {}, f"unreadable CSV row: {e}"
             continue
         if not row or all(not v.strip() for v in row):
             continue
         values = [v.strip() for v in row]
         if len(values) != len(columns):
-            yield reader.line_num, f"expected {len(columns)} fields, got {len(values)}"
+            yield (reader.line_num, malformed_fields(columns, values),
+                   f"expected {len(columns)} fields, got {len(values)}")
             continue
-        yield reader.line_num, dict(zip(columns, values))
+        yield reader.line_num, dict(zip(columns, values)), ""
 
 
 class LabelMap:
@@ -159,11 +248,33 @@ class LabelMap:
         return "".join(f"{label}\n" for label in self.labels)
 
 
+def _split_of(row, name):
+    raw_split = row.get("split")
+    return SPLIT_NAMES.get(raw_split.lower()) if raw_split is not None else split_from_name(name)
+
+
+def invalid_row(split, raw, why, name, line, order):
+    """An invalid record whose reason says where the row is: 'kinetics_val.csv line 7: ...'."""
+    return invalid_record(split, raw, f"{short_name(name)} line {line}: {why}", name, line, order)
+
+
+def same_clip(a, b):
+    return (a.label, a.youtube_id, a.time_start, a.time_end) == (b.label, b.youtube_id, b.time_start, b.time_end)
+
+
+def duplicate(clip, first, row):
+    """The invalid record of a row whose clip id (split, class dir) an earlier, different row has."""
+    why = f"duplicates the clip id {clip.clip_id} of line {first.line} of {short_name(first.annotation)}"
+    return invalid_row(clip.split, row, why, clip.annotation, clip.line, clip.order)
+
+
 class AnnotationReader:
     """Turns annotation rows into Clips, or invalid records saying why not.
 
-    Applies the split and class filters, keeps the first `limit` valid rows per split in
-    annotation order, and drops exact duplicates (same split, class dir and clip id).
+    Applies the split and class filters to every row, valid or not; keeps the first `limit`
+    valid rows per split in annotation order; processes an exact duplicate (same split, class
+    dir and clip id, same label and times) once, and makes a row that only shares the clip id
+    of an earlier one invalid.
     """
 
     def __init__(self, label_map, *, splits=SPLITS, classes=None, limit=None,
@@ -178,41 +289,50 @@ class AnnotationReader:
 
     def read(self, urls):
         taken = {}
-        seen = set()
+        seen = {}
         for index, (name, f) in enumerate(open_sources(urls)):
-            for line, row in parse_rows(name, f):
+            for line, row, error in parse_rows(f):
                 order = (index, line)
-                if isinstance(row, str):
-                    yield invalid_record(split_from_name(name), {}, row, name, line, order)
-                    continue
-                item = self.row(row, name, line, order)
+                if error:
+                    item = invalid_row(_split_of(row, name), row, error, name, line, order)
+                else:
+                    item = self.row(row, name, line, order)
                 split = item.split if isinstance(item, Clip) else item["split"]
-                if split not in self.splits and split in SPLITS:
-                    continue
-                if not self._wanted_class(row, item):
-                    continue
-                if self.limit is not None and taken.get(split, 0) >= self.limit:
+                if not self._wanted(item, split, taken):
                     continue
                 if isinstance(item, Clip):
-                    if item.key in seen:
-                        continue
-                    seen.add(item.key)
-                    taken[split] = taken.get(split, 0) + 1
+                    first = seen.setdefault(item.key, item)
+                    if first is not item:
+                        if same_clip(first, item):
+                            continue
+                        item = duplicate(item, first, row)
+                    else:
+                        taken[split] = taken.get(split, 0) + 1
                 yield item
 
-    def _wanted_class(self, row, item):
+    def _wanted(self, item, split, taken):
+        if split not in self.splits and split in SPLITS:
+            return False
+        if not self._wanted_class(item):
+            return False
+        return self.limit is None or taken.get(split, 0) < self.limit
+
+    def _wanted_class(self, item):
+        """A clip of the named classes; an invalid row whose label is one, or whose label is unknown."""
         if self.classes is None:
             return True
-        label = item.label if isinstance(item, Clip) else row.get("label", "")
-        return bool(label) and (label in self.classes or clean_class_dir(label) in self.classes)
+        label = item.label if isinstance(item, Clip) else item["label"]
+        if not label:
+            return not isinstance(item, Clip)
+        return label in self.classes or clean_class_dir(label) in self.classes
 
     def row(self, row, name, line, order):
         """One CSV row as a Clip, or an invalid record."""
         raw_split = row.get("split")
-        split = SPLIT_NAMES.get(raw_split.lower()) if raw_split is not None else split_from_name(name)
+        split = _split_of(row, name)
 
         def bad(reason):
-            return invalid_record(split, row, reason, name, line, order)
+            return invalid_row(split, row, reason, name, line, order)
 
         if split is None:
             if raw_split is None:
@@ -246,7 +366,14 @@ class AnnotationReader:
             class_dir, index = "test", -1
         else:
             return bad(f"no label; only test rows may be unlabelled (split {split})")
-        clip_id = format_clip_id(youtube_id, start, end, self.trim_format)
+        try:
+            times = [format_time(t, self.trim_format) for t in (start, end)]
+        except (TypeError, ValueError) as e:
+            return bad(f"--trim-format {self.trim_format!r} cannot format the times: {e}")
+        unsafe = [t for t in times if _unsafe_part(t)]
+        if unsafe:
+            return bad(f"--trim-format {self.trim_format!r} gives {unsafe[0]!r}, not a safe file-name part")
+        clip_id = f"{youtube_id}_{times[0]}_{times[1]}"
         return Clip(split, label, index, class_dir, youtube_id, start, end, clip_id, name, line, order)
 
 

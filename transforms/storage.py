@@ -7,13 +7,17 @@ Either way a reader never sees a half-written file where a finished one belongs.
 import contextlib
 import os
 import posixpath
+import re
 import shutil
+import socket
 import tempfile
+import urllib.parse
 import uuid
 
 import fsspec
 
 OBJECT_STORES = {"gs", "gcs", "s3", "s3a", "az", "abfs", "memory"}
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
 
 def filesystem(url):
@@ -49,6 +53,25 @@ def join(base, *parts):
     return posixpath.join(base, *parts) if parts else base
 
 
+def temp_path(path):
+    """Where a local file is written before it is renamed to `path` (a TEMP_NAME in its dir)."""
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def sweep_temp_files(url):
+    """Remove the temporary files a killed run left under a local dir url; returns how many."""
+    if not is_local(url):
+        return 0
+    removed = 0
+    for parent, _, names in os.walk(filesystem(url)[1]):
+        for name in names:
+            if TEMP_NAME.fullmatch(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(parent, name))
+                    removed += 1
+    return removed
+
+
 def write_bytes(url, data):
     """Write `data` to `url` whole."""
     fs, path = filesystem(url)
@@ -57,7 +80,7 @@ def write_bytes(url, data):
         return
     parent = os.path.dirname(path)
     fs.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp = temp_path(path)
     try:
         with fs.open(tmp, "wb") as f:
             f.write(data)
@@ -86,7 +109,7 @@ def put_file(local_path, url):
     if is_local(url):
         _, path = filesystem(url)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+        tmp = temp_path(path)
         try:
             shutil.copyfile(local_path, tmp)
             os.replace(tmp, path)
@@ -106,6 +129,24 @@ def open_input(url):
         kwargs["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=30,
                                                                     sock_read=120)}
     return fsspec.open(url, "rb", **kwargs).open()
+
+
+def gcs_endpoint():
+    """(host, port) gcsfs sends gs:// requests to: STORAGE_EMULATOR_HOST, else Google's."""
+    from gcsfs.core import _location
+    parts = urllib.parse.urlsplit(_location())
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def check_reachable(url, timeout=10.0):
+    """Raise OSError at once when gs:// cannot be connected to, where gcsfs would retry for ~30 s."""
+    if protocol(url) not in ("gs", "gcs"):
+        return
+    host, port = gcs_endpoint()
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise OSError(f"cannot connect to {host}:{port}") from e
 
 
 def publish_dir(local_dir, url, prefixes):
