@@ -20,6 +20,12 @@ def _duration(seconds):
     return f"{seconds}s"
 
 
+def next_wait(interval, took):
+    """Seconds to the next line: `interval`, or longer when reading the ledger took long (a large
+    ledger on an object store), so that listing it never takes more than a quarter of the time."""
+    return max(interval, 3 * took)
+
+
 class Progress(threading.Thread):
     """`clips` is a callable giving this run's clips (read in the thread, off the launch path);
     `expected` maps a clip to the outputs its steps must leave, `complete(record, clip)` says
@@ -44,8 +50,11 @@ class Progress(threading.Thread):
     def run(self):
         try:
             self.prime()
-            while not self.halt.wait(self.settings.progress_interval):
+            wait = self.settings.progress_interval
+            while not self.halt.wait(wait):
+                started = time.monotonic()
                 print(self.line(), file=self.out, flush=True)
+                wait = next_wait(self.settings.progress_interval, time.monotonic() - started)
         except Exception as e:  # noqa: BLE001 - progress must never break the run
             print(f"[progress] stopped: {type(e).__name__}: {e}", file=self.out, flush=True)
 

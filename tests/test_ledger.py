@@ -3,7 +3,7 @@ import json
 import fsspec
 import pytest
 
-from pipeline.progress import Progress
+from pipeline.progress import Progress, next_wait
 from transforms import storage
 from transforms.ledger import Ledger, is_complete
 from transforms.records import Clip
@@ -75,3 +75,8 @@ def test_progress_counts_this_run_and_what_was_complete(tmp_path):
     assert line.startswith("[progress] 4/6 clips done (2 already complete), 1 failed") and "ETA" in line
     storage.write_bytes(ledger.url(clips[4].key), json.dumps(dict(clips[4].record("ok"), run_id="now")).encode())
     assert progress.counts()["done"] == 5
+
+
+def test_progress_waits_longer_when_reading_the_ledger_is_slow():
+    assert next_wait(10, 0.5) == 10
+    assert next_wait(10, 60) == 180, "a listing that takes a minute is read at most every 3 minutes"
