@@ -92,21 +92,27 @@ def _hwm_kib(pid):
     return None
 
 
-def run(ann, src, out, workers, steps, extra):
-    cmd = [sys.executable, "-m", "pipeline", "--dataset", "kinetics400", "--annotations", str(ann),
-           "--splits", "train", "--source", "local", "--video-root", str(src), "--steps", steps,
-           "--output", str(out), "--runner=FnApiRunner", "--direct_running_mode=multi_processing",
-           f"--direct_num_workers={workers}", *extra]
+def sample_peaks(proc, every=0.2):
+    """({pid: peak RSS in KiB}, {pid: cmdline}) of `proc` and its descendants, sampled until it exits."""
     peaks, names = {}, {}
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while proc.poll() is None:
         for pid, cmdline in _tree(proc.pid).items():
             hwm = _hwm_kib(pid)
             if hwm:
                 peaks[pid] = max(peaks.get(pid, 0), hwm)
                 names[pid] = cmdline
-        time.sleep(0.2)
+        time.sleep(every)
+    return peaks, names
+
+
+def run(ann, src, out, workers, steps, extra):
+    cmd = [sys.executable, "-m", "pipeline", "--dataset", "kinetics400", "--annotations", str(ann),
+           "--splits", "train", "--source", "local", "--video-root", str(src), "--steps", steps,
+           "--output", str(out), "--runner=FnApiRunner", "--direct_running_mode=multi_processing",
+           f"--direct_num_workers={workers}", *extra]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peaks, names = sample_peaks(proc)
     wall = time.monotonic() - start
     log = proc.stdout.read()
     if proc.returncode:

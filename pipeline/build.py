@@ -16,7 +16,8 @@ def annotation_reader(settings):
 
 
 def build(p, settings):
-    read = p | "ReadAnnotations" >> ReadAnnotations(settings.annotations, annotation_reader(settings))
+    read = p | "ReadAnnotations" >> ReadAnnotations(settings.annotations, annotation_reader(settings),
+                                                    (settings.output, settings.run_id))
     checked = (read.clips
                | "Reshuffle" >> beam.Reshuffle()
                | "CheckLedger" >> beam.ParDo(CheckLedger(settings)).with_outputs("todo", main="done"))

@@ -15,8 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import build, demo
 from pipeline.options import UsageError, resolve
 from pipeline.progress import Progress
-from transforms import fetch, storage
-from transforms.clips import complete, expected_outputs
+from transforms import fetch, storage, tally
 from transforms.reader import AnnotationError, describe, open_sources, read_header
 from transforms.records import STATUSES
 
@@ -161,15 +160,6 @@ def dry_run(options):
     return bool(options.view_as(TestOptions).dry_run)
 
 
-def this_runs_clips(settings):
-    """The clips this run will process (for progress); none if the annotations cannot be read."""
-    try:
-        return [c for c in build.annotation_reader(settings).read(settings.annotations)
-                if not isinstance(c, dict)]
-    except AnnotationError:
-        return []
-
-
 def run(settings, options):
     """Run the pipeline with progress lines; the summary, or None for a dry run (nothing ran)."""
     p = beam.Pipeline(options=options)
@@ -177,8 +167,8 @@ def run(settings, options):
     if dry_run(options):
         p.run()
         return None
-    progress = Progress(settings, lambda: this_runs_clips(settings), lambda c: expected_outputs(c, settings),
-                        lambda rec, c: complete(rec, c, settings, look=False))
+    tally.remove(settings.output)  # tallies a killed run left
+    progress = Progress(settings)
     progress.start()
     try:
         with no_annotation_tracebacks():
@@ -190,6 +180,7 @@ def run(settings, options):
         raise AnnotationError(message) from None
     finally:
         progress.stop()
+        tally.remove(settings.output, settings.run_id)
     return json.loads(storage.read_bytes(storage.join(settings.output, "summary.json")))
 
 

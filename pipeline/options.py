@@ -46,6 +46,7 @@ class Settings:
     shuffle: bool
     seed: int
     filelist_format: str
+    manifest_file_records: int
     progress_interval: float
     redo: bool
     retry_unavailable: bool
@@ -101,6 +102,8 @@ OPTIONS = {
     "shuffle": (bool, False, "shuffle the file lists as MMAction2's --shuffle does"),
     "seed": (int, None, "random seed for --shuffle (random.seed(N); random.shuffle(lines))"),
     "filelist_format": (("txt", "json"), "txt", "file list format"),
+    "manifest_file_records": (int, 20000, "most records in one manifest file: a split with more is "
+                                          "written in parallel as manifest/{split}-NNNNN-of-NNNNN.jsonl"),
     "redo": (bool, False, "ignore the ledger and redo every clip (re-verify a tree that changed)"),
     "retry_unavailable": (bool, False, "also retry clips the ledger holds as permanently unavailable"),
     "source": (SOURCES, "youtube", "where the fetch step gets clips: youtube (yt-dlp, only the annotated "
@@ -428,6 +431,8 @@ def _settings(m, args, layers):
     for key in ("scale", "trim_crf", "crf", "new_short", "new_width", "new_height"):
         if m[key] < 0:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 0")
+    if m["manifest_file_records"] < 1:
+        raise UsageError("--manifest-file-records must be >= 1")
     if m["shard_size_mb"] <= 0 or (m["clips_per_shard"] is not None and m["clips_per_shard"] < 1):
         raise UsageError("--shard-size-mb must be > 0 and --clips-per-shard >= 1")
     if m["scale"] < 2 or m["flow_bound"] <= 0:
@@ -455,5 +460,5 @@ def _settings(m, args, layers):
         limit=m["limit"], steps=tuple(steps), trim_format=m["trim_format"],
         class_dirs=m["class_dirs"], flat=m["layout"] == "flat", verify=m["verify"],
         min_duration_ratio=m["min_duration_ratio"], shuffle=bool(m["shuffle"]), seed=m["seed"],
-        filelist_format=m["filelist_format"], redo=bool(m["redo"]), retry_unavailable=bool(m["retry_unavailable"]), progress_interval=max(10.0, m["progress_interval"]),
+        filelist_format=m["filelist_format"], manifest_file_records=m["manifest_file_records"], redo=bool(m["redo"]), retry_unavailable=bool(m["retry_unavailable"]), progress_interval=max(10.0, m["progress_interval"]),
         demo=any(layer.get("demo") for layer in layers), run_id=uuid.uuid4().hex)

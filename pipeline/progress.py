@@ -1,14 +1,15 @@
-"""A launcher thread that reads the ledger and prints a progress line at most every 10 s.
+"""A launcher thread that prints a progress line at most every 10 s.
 
-The runner's own metrics arrive only at the end on the local runners; the ledger is
-written as each clip finishes, on every runner, so it is what progress is read from.
+The runner's own metrics arrive only at the end on the local runners, so workers publish
+their counts themselves (transforms/tally.py: one small object per worker process under
+{output}/_progress/{run_id}/). A line costs one listing of those objects and a read of each:
+the launcher holds counts, never clips, and reads no ledger record and no annotation.
 """
 import sys
 import threading
 import time
 
-from transforms.ledger import Ledger, has_outputs
-from transforms.records import GOOD
+from transforms import tally
 
 
 def _duration(seconds):
@@ -21,27 +22,39 @@ def _duration(seconds):
 
 
 def next_wait(interval, took):
-    """Seconds to the next line: `interval`, or longer when reading the ledger took long (a large
-    ledger on an object store), so that listing it never takes more than a quarter of the time."""
+    """Seconds to the next line: `interval`, or longer when reading the counts took long (a slow
+    object store), so that reading them never takes more than a quarter of the time."""
     return max(interval, 3 * took)
 
 
-class Progress(threading.Thread):
-    """`clips` is a callable giving this run's clips (read in the thread, off the launch path);
-    `expected` maps a clip to the outputs its steps must leave, `complete(record, clip)` says
-    whether an earlier record leaves the clip nothing to do."""
+def counts(totals, elapsed):
+    """The progress figures from the workers' summed tallies after `elapsed` seconds."""
+    recorded = totals.get("recorded", 0)
+    skipped = totals.get("skipped", 0)
+    rate = recorded / elapsed if elapsed > 0 else 0.0
+    return {"total": totals.get("annotated", 0), "reading": not totals.get("read_done"),
+            "done": skipped + recorded, "skipped": skipped, "failed": totals.get("failed", 0), "rate": rate}
 
-    def __init__(self, settings, clips, expected, complete, out=sys.stderr):
+
+def line(c):
+    """[progress] done/total clips done (N already complete), F failed, R clips/s, ETA T; while the
+    annotations are still being read, the total so far is shown with a '+'."""
+    total = max(c["total"], c["done"])
+    left = total - c["done"]
+    eta = _duration(left / c["rate"]) if c["rate"] > 0 and left > 0 and not c["reading"] else "-"
+    shown = f"{total:,}+" if c["reading"] else f"{total:,}"
+    return (f"[progress] {c['done']:,}/{shown} clips done ({c['skipped']:,} already complete), "
+            f"{c['failed']:,} failed, {c['rate']:.2f} clips/s, ETA {eta}")
+
+
+class Progress(threading.Thread):
+    def __init__(self, settings, out=sys.stderr, clock=time.monotonic):
         super().__init__(name="kinetics-prep-progress", daemon=True)
         self.settings = settings
-        self.clips = clips
-        self.expected = expected
-        self.complete = complete
         self.out = out
+        self.clock = clock
         self.halt = threading.Event()
-        self.started = time.monotonic()
-        self.ledger = Ledger(settings.output)
-        self.wanted, self.seen, self.skipped, self.this_run = {}, {}, set(), {}
+        self.started = clock()
 
     def stop(self):
         self.halt.set()
@@ -49,45 +62,17 @@ class Progress(threading.Thread):
 
     def run(self):
         try:
-            self.prime()
             wait = self.settings.progress_interval
             while not self.halt.wait(wait):
-                started = time.monotonic()
+                started = self.clock()
                 print(self.line(), file=self.out, flush=True)
-                wait = next_wait(self.settings.progress_interval, time.monotonic() - started)
+                wait = next_wait(self.settings.progress_interval, self.clock() - started)
         except Exception as e:  # noqa: BLE001 - progress must never break the run
             print(f"[progress] stopped: {type(e).__name__}: {e}", file=self.out, flush=True)
 
-    def prime(self):
-        """Learn this run's clips and which of them the ledger already holds as complete."""
-        self.wanted = {self.ledger.url(c.key): c for c in self.clips()}
-        self._absorb(baseline=True)
-
-    def _absorb(self, baseline=False):
-        listing = {u: s for u, s in self.ledger.listing().items() if u in self.wanted}
-        changed = [u for u, s in listing.items() if self.seen.get(u) != s]
-        for url, rec in self.ledger.read_many(changed).items():
-            if rec.get("run_id") == self.settings.run_id:
-                if rec["status"] not in GOOD or has_outputs(rec, self.expected(self.wanted[url])):
-                    self.this_run[url] = rec["status"]
-                    self.skipped.discard(url)
-            elif baseline and self.complete(rec, self.wanted[url]):
-                self.skipped.add(url)
-        self.seen.update(listing)
-
     def counts(self):
-        self._absorb()
-        total = len(self.wanted)
-        recorded = len(self.this_run)
-        failed = sum(1 for s in self.this_run.values() if s not in GOOD)
-        elapsed = time.monotonic() - self.started
-        rate = recorded / elapsed if elapsed > 0 else 0.0
-        return {"total": total, "done": len(self.skipped) + recorded, "skipped": len(self.skipped),
-                "failed": failed, "rate": rate}
+        totals = tally.read_all(self.settings.output, self.settings.run_id)
+        return counts(totals, self.clock() - self.started)
 
     def line(self):
-        c = self.counts()
-        left = c["total"] - c["done"]
-        eta = _duration(left / c["rate"]) if c["rate"] > 0 and left > 0 else "-"
-        return (f"[progress] {c['done']:,}/{c['total']:,} clips done ({c['skipped']:,} already complete), "
-                f"{c['failed']:,} failed, {c['rate']:.2f} clips/s, ETA {eta}")
+        return line(self.counts())

@@ -75,7 +75,10 @@ def test_dataflow_dry_run_builds_the_job(tmp_path, offline, monkeypatch):
     wanted = {"ReadAnnotations", "Reshuffle", "CheckLedger", "CVDF", "ProcessClips", "ComputeFlow", "WriteOutputs",
               "WriteShards", "WriteReport"}
     assert wanted <= top, wanted - top
-    assert any(n.startswith("WriteOutputs/GroupSplit") for n in names)
+    # run-level outputs by ranges of a split (no step gathers a split's records)
+    assert any(n.startswith("WriteOutputs/GatherPart") for n in names)
+    assert any(n.startswith("WriteOutputs/OrderQuantiles") for n in names)
+    assert not any("GroupSplit" in n for n in names)
 
     envs = list(proto.components.environments.values())
     hinted = [e for e in envs if e.resource_hints.get("beam:resources:min_ram_bytes:v1") == b"8000000000"]

@@ -1,10 +1,11 @@
 import json
+import os
 
 import fsspec
 import pytest
 
-from pipeline.progress import Progress, next_wait
-from transforms import storage
+from pipeline.progress import Progress, line, next_wait
+from transforms import storage, tally
 from transforms.ledger import Ledger, is_complete
 from transforms.records import Clip
 
@@ -57,24 +58,66 @@ def test_is_complete_only_for_outputs_made_with_this_runs_options():
         "outputs of a tree made elsewhere say nothing of their options: taken as they are"
 
 
-def test_progress_counts_this_run_and_what_was_complete(tmp_path):
+def test_progress_counts_this_run_and_what_was_complete(tmp_path, monkeypatch):
     out = str(tmp_path / "out")
-    ledger = Ledger(out)
-    clips = [clip(i) for i in range(6)]
-    ledger.write(dict(clips[0].record("ok"), run_id="before"))
-    ledger.write(dict(clips[1].record("exists"), run_id="before"))
-    ledger.write(dict(clips[2].record("network"), run_id="before"))
-    progress = Progress(S(out), lambda: clips, lambda c: {}, lambda rec, c: rec["status"] in ("ok", "exists"))
-    progress.prime()
-    assert progress.counts() == {"total": 6, "done": 2, "skipped": 2, "failed": 0, "rate": 0.0}
-    ledger.write(dict(clips[2].record("ok"), run_id="now"))
-    ledger.write(dict(clips[3].record("corrupt"), run_id="now"))
+    settings = S(out)
+    reader = tally.tally(out, "now")
+    for _ in range(6):
+        reader.add(annotated=1)
+    reader.add(read_done=1)
+    reader.flush(every=0)
+    worker = tally.Tally(storage.join(tally.progress_dir(out, "now"), "other-worker.json"))
+    for rec in (clip(0).record("exists"), clip(1).record("exists")):
+        tally.note(settings, rec, skipped=True)
+    tally.flush(settings)
+    tally.tally(out, "now").flush(every=0)
+    progress = Progress(settings)
+    assert progress.counts() == {"total": 6, "reading": False, "done": 2, "skipped": 2, "failed": 0,
+                                 "rate": 0.0}
+    worker.add(recorded=1)
+    worker.add(recorded=1, failed=1)
+    worker.flush(every=0)
     c = progress.counts()
     assert (c["done"], c["failed"], c["skipped"]) == (4, 1, 2) and c["rate"] > 0
+
+    reads = []
+    real_read = storage.read_bytes_many
+    monkeypatch.setattr(storage, "read_bytes_many", lambda urls: reads.extend(urls) or real_read(urls))
+    monkeypatch.setattr(storage, "read_bytes", lambda url: pytest.fail(f"progress read {url}"))
     line = progress.line()
     assert line.startswith("[progress] 4/6 clips done (2 already complete), 1 failed") and "ETA" in line
-    storage.write_bytes(ledger.url(clips[4].key), json.dumps(dict(clips[4].record("ok"), run_id="now")).encode())
+    assert reads and all("/_progress/now/" in u for u in reads), "no ledger record, no annotation is read"
+    assert len(reads) == 2, "one object per worker process"
+    worker.add(recorded=1)
+    worker.flush(every=0)
     assert progress.counts()["done"] == 5
+    tally.remove(out, "now")
+    assert not os.path.exists(os.path.join(out, "_progress", "now"))
+
+
+def test_progress_line_while_the_annotations_are_read():
+    c = {"total": 40, "reading": True, "done": 3, "skipped": 1, "failed": 0, "rate": 1.5}
+    assert line(c) == "[progress] 3/40+ clips done (1 already complete), 0 failed, 1.50 clips/s, ETA -"
+    assert line(dict(c, reading=False)).endswith("ETA 24s")
+
+
+def test_tally_writes_at_most_every_few_seconds(tmp_path):
+    now = [100.0]
+    t = tally.Tally(str(tmp_path / "p.json"), clock=lambda: now[0])
+    t.add(recorded=1)
+    assert json.loads((tmp_path / "p.json").read_text())["recorded"] == 1, "the first clip is shown at once"
+    t.add(recorded=1)
+    t.flush()
+    assert json.loads((tmp_path / "p.json").read_text())["recorded"] == 1
+    now[0] += tally.FLUSH_EVERY
+    t.flush()
+    assert json.loads((tmp_path / "p.json").read_text())["recorded"] == 2
+    t.add(recorded=1)
+    now[0] += tally.PUBLISH_EVERY
+    t.add(recorded=1, failed=1)
+    assert json.loads((tmp_path / "p.json").read_text()) == {"annotated": 0, "failed": 1, "read_done": 0,
+                                                             "recorded": 4, "skipped": 0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
 
 
 def test_progress_waits_longer_when_reading_the_ledger_is_slow():

@@ -13,7 +13,7 @@ import av
 import cv2
 from apache_beam.metrics import Metrics
 
-from transforms import storage
+from transforms import storage, tally
 from transforms.fetch import FetchError, Fetcher, source_url, windows
 from transforms.flow import grey_frames, write_flow
 from transforms.layout import Layout
@@ -269,8 +269,10 @@ def add_flow(record, settings):
                 params=dict(record.get("params") or {}, flow=params["flow"]), seconds=seconds)
 
 
-def count(record):
+def count(record, settings, skipped=False):
+    """A clip's final record: Beam's counter and this worker's progress tally."""
     Metrics.counter("clips", f"{record['split']}.{record['status']}").inc()
+    tally.note(settings, record, skipped)
 
 
 class CheckLedger(beam.DoFn):
@@ -287,10 +289,13 @@ class CheckLedger(beam.DoFn):
         prev = None if self.settings.redo else self.ledger.read(clip.key)
         if complete(prev, clip, self.settings):
             record = refreshed(prev, clip, EXISTS if prev["status"] == OK else prev["status"])
-            count(record)
+            count(record, self.settings, skipped=True)
             yield record
         else:
             yield beam.pvalue.TaggedOutput("todo", (clip, prev))
+
+    def finish_bundle(self):
+        tally.flush(self.settings)
 
 
 class _Recording(beam.DoFn):
@@ -301,13 +306,16 @@ class _Recording(beam.DoFn):
         cv2.setNumThreads(1)
         self.ledger = Ledger(self.settings.output)
 
+    def finish_bundle(self):
+        tally.flush(self.settings)
+
     def finish(self, record, started, last_step):
         seconds = dict(record.get("seconds") or {})
         seconds["total"] = round(seconds.get("total", 0) + time.perf_counter() - started, 3)
         record = dict(record, seconds=seconds, run_id=self.settings.run_id)
         self.ledger.write(record)
         if last_step:
-            count(record)
+            count(record, self.settings)
         return record
 
 
@@ -397,7 +405,7 @@ class ComputeFlow(_Recording):
         except Exception as e:  # noqa: BLE001
             updated = dict(record, status=FAILED, reason=f"flow: {type(e).__name__}: {e}")
         if updated is record:
-            count(record)
+            count(record, self.settings)
             yield record
         else:
             yield self.finish(updated, started, True)

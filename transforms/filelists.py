@@ -19,22 +19,20 @@ def list_name(dataset, split, kind, fmt="txt"):
     return f"{dataset}_{split}_list_{kind}.{fmt}"
 
 
-def list_lines(records, kind, flat=False):
-    """Lines of one list from a split's records, already in annotation order."""
-    lines = []
-    for rec in records:
-        if rec["status"] not in GOOD:
-            continue
-        path = rec["clip_id"] if flat else f"{rec['class_dir']}/{rec['clip_id']}"
-        outputs = rec.get("outputs") or {}
-        label = rec["label_index"]
-        if kind == "videos" and ("video" in outputs or "resized" in outputs):
-            lines.append(f"{path}.mp4 {label}\n")
-        elif kind == "rawframes" and rec.get("rgb_frames"):
-            lines.append(f"{path} {rec['rgb_frames']} {label}\n")
-        elif kind == "flow" and rec.get("flow_frames"):
-            lines.append(f"{path} {rec['flow_frames']} {label}\n")
-    return lines
+def line(rec, kind, flat=False):
+    """The record's line in the `kind` list, or None when it has no such output (or is not good)."""
+    if rec["status"] not in GOOD:
+        return None
+    path = rec["clip_id"] if flat else f"{rec['class_dir']}/{rec['clip_id']}"
+    outputs = rec.get("outputs") or {}
+    label = rec["label_index"]
+    if kind == "videos" and ("video" in outputs or "resized" in outputs):
+        return f"{path}.mp4 {label}\n"
+    if kind == "rawframes" and rec.get("rgb_frames"):
+        return f"{path} {rec['rgb_frames']} {label}\n"
+    if kind == "flow" and rec.get("flow_frames"):
+        return f"{path} {rec['flow_frames']} {label}\n"
+    return None
 
 
 def shuffled(lines, seed):
@@ -57,13 +55,3 @@ def render(lines, kind, fmt="txt"):
                           "label": [int(x) for x in parts[2:]]})
     return json.dumps(items).encode("utf-8")
 
-
-def build(records, dataset, split, *, flat=False, shuffle=False, seed=None, fmt="txt"):
-    """{file name: bytes or None} for the split's three lists; None means no clip has that output."""
-    out = {}
-    for kind in KINDS:
-        lines = list_lines(records, kind, flat)
-        if shuffle:
-            lines = shuffled(lines, seed)
-        out[list_name(dataset, split, kind, fmt)] = render(lines, kind, fmt) if lines else None
-    return out

@@ -4,7 +4,9 @@ Every official variant is read by header name: 2017 ActivityNet (quoted labels, 
 DeepMind re-releases (`validate`, id-sorted), unlabelled test CSVs, BOM/CRLF files, from a
 local path, http(s)://, gs:// or the train/validate/test.csv members of the official tarball.
 """
+import collections
 import csv
+import hashlib
 import io
 import math
 import posixpath
@@ -17,7 +19,7 @@ import zlib
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import storage
+from transforms import storage, tally
 from transforms.records import SPLITS, Clip, invalid_record, number
 
 YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
@@ -258,8 +260,17 @@ def invalid_row(split, raw, why, name, line, order):
     return invalid_record(split, raw, f"{short_name(name)} line {line}: {why}", name, line, order)
 
 
-def same_clip(a, b):
-    return (a.label, a.youtube_id, a.time_start, a.time_end) == (b.label, b.youtube_id, b.time_start, b.time_end)
+def digest(*parts):
+    """16 bytes standing for `parts` (de-duplication keeps these, not whole clips)."""
+    return hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=16).digest()
+
+
+def clip_fingerprint(clip):
+    """What makes two rows with one clip id the same clip: label and times."""
+    return digest(clip.label, clip.youtube_id, clip.time_start, clip.time_end)
+
+
+First = collections.namedtuple("First", "line annotation")
 
 
 def duplicate(clip, first, row):
@@ -288,6 +299,8 @@ class AnnotationReader:
         self.dataset = dataset
 
     def read(self, urls):
+        """Clips and invalid records of every source, in order. What is kept per clip for
+        de-duplication is two 16-byte digests, its line and its (shared) file name."""
         taken = {}
         seen = {}
         for index, (name, f) in enumerate(open_sources(urls)):
@@ -301,11 +314,12 @@ class AnnotationReader:
                 if not self._wanted(item, split, taken):
                     continue
                 if isinstance(item, Clip):
-                    first = seen.setdefault(item.key, item)
-                    if first is not item:
-                        if same_clip(first, item):
+                    fingerprint = clip_fingerprint(item)
+                    first = seen.setdefault(digest(*item.key), (fingerprint, line, name))
+                    if first[1:] != (line, name):
+                        if first[0] == fingerprint:
                             continue
-                        item = duplicate(item, first, row)
+                        item = duplicate(item, First(first[1], first[2]), row)
                     else:
                         taken[split] = taken.get(split, 0) + 1
                 yield item
@@ -380,29 +394,38 @@ class AnnotationReader:
 class ReadAnnotations(beam.PTransform):
     """All annotation sources read in one pass, so `--limit` and de-duplication follow file order.
 
-    Returns a PCollection of Clips with an `invalid` side output of records.
+    Returns a PCollection of Clips with an `invalid` side output of records. With `run`
+    (output, run_id), the clips read are counted in the worker's progress tally.
     """
 
-    def __init__(self, urls, reader):
+    def __init__(self, urls, reader, run=None):
         super().__init__()
         self.urls = list(urls)
         self.reader = reader
+        self.run = run
 
     def expand(self, pbegin):
         return (pbegin
                 | "Sources" >> beam.Create([self.urls], reshuffle=False)
-                | "Parse" >> beam.ParDo(_ReadFn(self.reader)).with_outputs("invalid", main="clips"))
+                | "Parse" >> beam.ParDo(_ReadFn(self.reader, self.run)).with_outputs("invalid", main="clips"))
 
 
 class _ReadFn(beam.DoFn):
-    def __init__(self, reader):
+    def __init__(self, reader, run=None):
         self.reader = reader
+        self.run = run
 
     def process(self, urls):
+        counts = tally.tally(*self.run) if self.run else None
         for item in self.reader.read(urls):
             if isinstance(item, Clip):
                 Metrics.counter("annotations", "clips").inc()
+                if counts:
+                    counts.add(annotated=1)
                 yield item
             else:
                 Metrics.counter("clips", f"{item['split']}.invalid").inc()
                 yield beam.pvalue.TaggedOutput("invalid", item)
+        if counts:
+            counts.add(read_done=1)
+            counts.flush(every=0)

@@ -1,14 +1,26 @@
 """Run outputs: manifest, failures.csv, summary.json, label_map.txt and the file lists.
 
 Each file is written whole and replaced whole, so a re-run leaves no stale part behind.
+
+No worker holds a whole split. A split's records are cut into ranges of annotation order (by
+approximate quantiles of their `order`, a few kB whatever the split's size), at most about
+`manifest_file_records` records a range, and each range is sorted and written by whichever
+worker gets it: manifest/{split}.jsonl when one range holds the split, else
+manifest/{split}-{i:05d}-of-{n:05d}.jsonl. Concatenated in name order (`manifest/{split}*.jsonl`)
+they are the split's records in annotation order. The same pass renders each record's file-list
+lines and failure row; what is gathered afterwards is only those lines (tens of bytes a clip),
+and counts.
 """
+import bisect
 import collections
 import csv
 import io
 import json
+import math
 import re
 
 import apache_beam as beam
+from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
 from transforms import filelists, storage
 from transforms.ledger import dump
@@ -16,14 +28,12 @@ from transforms.records import GOOD
 
 FAILURE_COLUMNS = ("split", "label", "youtube_id", "time_start", "time_end", "status", "reason")
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+QUANTILES = 1000  # order ranges known per split: enough for 1000 manifest files a split
 
 
-def in_order(records):
-    return sorted(records, key=lambda r: (tuple(r["order"]), r["class_dir"], r["clip_id"]))
-
-
-def manifest_bytes(records):
-    return b"".join(dump(r) + b"\n" for r in records)
+def sort_key(record):
+    """A record's place in annotation order."""
+    return tuple(record["order"]), record["class_dir"], record["clip_id"]
 
 
 def _escape_char(match):
@@ -36,12 +46,20 @@ def text_clean(value):
     return CONTROL.sub(_escape_char, value) if isinstance(value, str) else value
 
 
-def failures_csv(rows):
+def _csv_line(values):
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(FAILURE_COLUMNS)
-    writer.writerows([text_clean(v) for v in row] for row in rows)
-    return buf.getvalue().encode("utf-8")
+    csv.writer(buf, lineterminator="\n").writerow([text_clean(v) for v in values])
+    return buf.getvalue()
+
+
+def failure_line(record):
+    """The record's failures.csv line."""
+    return _csv_line([record.get(c, "") for c in FAILURE_COLUMNS])
+
+
+def failures_csv(lines):
+    """failures.csv's bytes from its lines, already in order."""
+    return (_csv_line(FAILURE_COLUMNS) + "".join(lines)).encode("utf-8")
 
 
 def summary(counts_by_split):
@@ -52,52 +70,93 @@ def summary(counts_by_split):
     return {"splits": splits, "total": dict(sorted(total.items()))}
 
 
-def manifest_name(split):
-    return f"manifest/{split}.jsonl"
+def manifest_name(split, index=0, files=1):
+    """manifest/{split}.jsonl, or the index-th of `files` parts: manifest/{split}-00001-of-00004.jsonl."""
+    if files == 1:
+        return f"manifest/{split}.jsonl"
+    return f"manifest/{split}-{index:05d}-of-{files:05d}.jsonl"
 
 
-def write_lists(split, records, settings):
-    """The split's file lists that have lines; returns their names."""
-    lists = filelists.build(records, settings.dataset, split, flat=settings.flat,
-                            shuffle=settings.shuffle, seed=settings.seed, fmt=settings.filelist_format)
-    written = []
-    for name, data in lists.items():
-        if data is not None:
-            storage.write_bytes(storage.join(settings.output, name), data)
-            written.append(name)
-    return written
+def split_plan(count, quantiles, per_file):
+    """{"files": n, "bounds": n - 1 orders}: `count` records cut into n ranges of about `per_file`,
+    at `quantiles` (approximate quantiles of their orders, smallest first, largest last)."""
+    files = max(1, math.ceil(count / per_file))
+    steps = len(quantiles) - 1
+    bounds = [tuple(quantiles[round(i * steps / files)]) for i in range(1, files)] if steps > 0 else []
+    return {"files": files if bounds or files == 1 else 1, "bounds": bounds}
 
 
-def write_split(split_records, settings):
-    """Write one split's manifest, and its file lists if the run asked for the split; return what
-    the run-level step needs."""
-    split, records = split_records
-    records = in_order(records)
-    manifest = manifest_name(split)
-    storage.write_bytes(storage.join(settings.output, manifest), manifest_bytes(records))
-    listed = split in settings.splits and "filelists" in settings.steps
-    counts = collections.Counter(r["status"] for r in records)
-    return {"split": split, "manifest": manifest, "counts": dict(counts),
-            "lists": write_lists(split, records, settings) if listed else [],
-            "failures": [(r["order"], [r.get(c, "") for c in FAILURE_COLUMNS])
-                         for r in records if r["status"] not in GOOD]}
+def _plans(joined, per_file):
+    split, groups = joined
+    (count,), (quantiles,) = groups["count"], groups["quantiles"]
+    return split, split_plan(count, quantiles, per_file)
+
+
+def part_of(record, plans, flat=False):
+    """((split, index of its manifest part), (sort key, what the part writes of the record))."""
+    plan = plans[record["split"]]
+    index = bisect.bisect_right(plan["bounds"], tuple(record["order"]))
+    return (record["split"], index), (sort_key(record), record_entry(record, flat))
+
+
+def record_entry(record, flat=False):
+    """What the run-level outputs need of one record: its manifest line, status, file-list lines
+    and failure line. Made before the records of a part are gathered, so a part holds bytes."""
+    good = record["status"] in GOOD
+    return {"json": dump(record) + b"\n", "status": record["status"],
+            "lines": {kind: filelists.line(record, kind, flat) for kind in filelists.KINDS} if good else {},
+            "failure": None if good else failure_line(record)}
+
+
+class WritePart(beam.DoFn):
+    """One range of a split's records in; its manifest file written. Yields the part's name and
+    counts; tagged `lists`: ((split, kind), (index, its lines)) when the run lists the split;
+    tagged `failures`: (sort key, failures.csv line)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def process(self, joined, plans):
+        (split, index), groups = joined
+        entries = sorted(groups["records"], key=lambda e: e[0])
+        name = manifest_name(split, index, plans[split]["files"])
+        storage.write_bytes(storage.join(self.settings.output, name), b"".join(e["json"] for _, e in entries))
+        yield {"split": split, "manifest": name, "counts": dict(collections.Counter(e["status"] for _, e in entries))}
+        if split in self.settings.splits and "filelists" in self.settings.steps:
+            for kind in filelists.KINDS:
+                text = "".join(e["lines"].get(kind) or "" for _, e in entries)
+                yield beam.pvalue.TaggedOutput("lists", ((split, kind), (index, text)))
+        for key, e in entries:
+            if e["failure"] is not None:
+                yield beam.pvalue.TaggedOutput("failures", (key, e["failure"]))
+
+
+def write_list(grouped, settings):
+    """One file list from its parts' lines (in part order); its name, or None when it has no line."""
+    (split, kind), parts = grouped
+    lines = "".join(text for _, text in sorted(parts)).splitlines(keepends=True)
+    if not lines:
+        return None
+    if settings.shuffle:
+        lines = filelists.shuffled(lines, settings.seed)
+    name = filelists.list_name(settings.dataset, split, kind, settings.filelist_format)
+    storage.write_bytes(storage.join(settings.output, name), filelists.render(lines, kind, settings.filelist_format))
+    return name
 
 
 def empty_parts(parts, settings):
-    """A part for each requested split that had no records: an empty manifest, no lists."""
+    """A part for each requested split that had no records: an empty manifest."""
     have = {p["split"] for p in parts}
     out = []
     for split in settings.splits:
         if split not in have:
             storage.write_bytes(storage.join(settings.output, manifest_name(split)), b"")
-            out.append({"split": split, "manifest": manifest_name(split), "counts": {}, "lists": [],
-                        "failures": []})
+            out.append({"split": split, "manifest": manifest_name(split), "counts": {}})
     return out
 
 
-def remove_stale_lists(parts, settings):
+def remove_stale_lists(written, settings):
     """Remove the requested splits' file lists (either format) that this run did not write."""
-    written = {name for p in parts for name in p["lists"]}
     ours = {filelists.list_name(settings.dataset, split, kind, fmt)
             for split in settings.splits for kind in filelists.KINDS for fmt in filelists.FORMATS}
     for name in storage.listdir_names(settings.output):
@@ -105,15 +164,16 @@ def remove_stale_lists(parts, settings):
             storage.remove(storage.join(settings.output, name))
 
 
-def write_run(parts, settings, label_map_text):
+def write_run(_, parts, lists, failures, settings, label_map_text):
     """failures.csv, summary.json and label_map.txt; empty manifests for requested splits without
     records; drop manifests and the requested splits' file lists that this run did not write."""
     out = settings.output
     parts = list(parts) + empty_parts(parts, settings)
-    rows = [row for part in parts for row in part["failures"]]
-    rows.sort(key=lambda x: tuple(x[0]))
-    storage.write_bytes(storage.join(out, "failures.csv"), failures_csv([row for _, row in rows]))
-    result = summary({p["split"]: p["counts"] for p in parts})
+    storage.write_bytes(storage.join(out, "failures.csv"), failures_csv(line for _, line in sorted(failures)))
+    counts = collections.defaultdict(collections.Counter)
+    for part in parts:
+        counts[part["split"]].update(part["counts"])
+    result = summary(counts)
     storage.write_text(storage.join(out, "summary.json"), json.dumps(result, indent=2) + "\n")
     storage.write_text(storage.join(out, "label_map.txt"), label_map_text)
     keep = {storage.join(out, p["manifest"]) for p in parts}
@@ -121,12 +181,16 @@ def write_run(parts, settings, label_map_text):
         if url not in keep:
             storage.remove(url)
     if "filelists" in settings.steps:
-        remove_stale_lists(parts, settings)
+        remove_stale_lists({name for name in lists if name}, settings)
     return result
 
 
 class WriteOutputs(beam.PTransform):
-    """Records in; manifest, file lists, failures.csv, summary.json and label_map.txt out."""
+    """Records in; manifest, file lists, failures.csv, summary.json and label_map.txt out.
+
+    Per split: a count and approximate quantiles of the records' orders (combiners) give the
+    ranges; every range, even an empty one, gets its manifest part; each file list is gathered
+    from its parts' lines; failures.csv from the failure lines. The summary is the result."""
 
     def __init__(self, settings, label_map_text):
         super().__init__()
@@ -134,10 +198,26 @@ class WriteOutputs(beam.PTransform):
         self.label_map_text = label_map_text
 
     def expand(self, records):
-        settings = self.settings
-        return (records
-                | "BySplit" >> beam.Map(lambda r: (r["split"], r))
-                | "GroupSplit" >> beam.GroupByKey()
-                | "WriteSplit" >> beam.Map(write_split, settings)
-                | "AllSplits" >> beam.combiners.ToList()
-                | "WriteRun" >> beam.Map(write_run, settings, self.label_map_text))
+        s = self.settings
+        orders = records | "Orders" >> beam.Map(lambda r: (r["split"], tuple(r["order"])))
+        counts = orders | "CountSplit" >> beam.combiners.Count.PerKey()
+        quantiles = orders | "OrderQuantiles" >> beam.CombinePerKey(
+            ApproximateQuantilesCombineFn.create(num_quantiles=QUANTILES + 1))
+        plans = beam.pvalue.AsDict(({"count": counts, "quantiles": quantiles}
+                                    | "JoinPlan" >> beam.CoGroupByKey()
+                                    | "Plan" >> beam.Map(_plans, s.manifest_file_records)))
+        keyed = records | "ToPart" >> beam.Map(part_of, plans, s.flat)
+        slots = (counts
+                 | "Slots" >> beam.FlatMap(lambda c, plans: [((c[0], i), None) for i in range(plans[c[0]]["files"])],
+                                           plans))
+        parts = ({"records": keyed, "slot": slots}
+                 | "GatherPart" >> beam.CoGroupByKey()
+                 | "WritePart" >> beam.ParDo(WritePart(s), plans).with_outputs("lists", "failures", main="parts"))
+        lists = (parts.lists
+                 | "GatherList" >> beam.GroupByKey()
+                 | "WriteList" >> beam.Map(write_list, s))
+        return (records.pipeline
+                | "Run" >> beam.Create([None])
+                | "WriteRun" >> beam.Map(write_run, beam.pvalue.AsList(parts.parts), beam.pvalue.AsList(lists),
+                                         beam.pvalue.AsList(parts.failures), s, self.label_map_text))
+
