@@ -1,10 +1,16 @@
 """Bad input end to end: bytes that are not text, NULs, a 100 MB line and a quote left open in the
-annotation CSVs. Each gives one record saying where and why, the rest of the run goes on, and
-nothing is written outside --output."""
+annotation CSVs; CVDF parts whose members are links or climb out of the part; a local video root
+with symlink loops, broken links, FIFOs and files that cannot be read. Each gives one record
+saying where and why, the rest of the run goes on, and nothing is written outside --output."""
 import io
 import json
+import logging
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tarfile
 import tempfile
 import tracemalloc
 
@@ -216,3 +222,134 @@ def test_bad_rows_through_the_cli(tmp_path, private_tmp):
     failures = (out / "failures.csv").read_text()
     assert "nul0000\\x00001" in failures and "\x00" not in failures
     assert_only_output_written(tmp_path, before, out, private_tmp)
+
+
+# ---------------------------------------------------------------------------- CVDF parts
+
+def _member(tar, name, data=None, kind=tarfile.REGTYPE, link=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = len(data) if data is not None else 0
+    tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def test_cvdf_links_and_escaping_paths_are_never_followed_or_written(tmp_path, private_tmp, caplog):
+    video = make_video(tmp_path / "src.mp4", seconds=2).read_bytes()
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret0000a_000000_000002.mp4").write_bytes(video)
+    with tarfile.open(parts / "part_0.tar.gz", "w:gz") as tar:
+        _member(tar, "val/symlink0000_000000_000002.mp4", kind=tarfile.SYMTYPE,
+                link=str(outside / "secret0000a_000000_000002.mp4"))
+        _member(tar, "../../escape00000_000000_000002.mp4", video)
+        _member(tar, str(tmp_path / "abspath0000_000000_000002.mp4"), video)
+        _member(tar, "val/hardlink000_000000_000002.mp4", kind=tarfile.LNKTYPE, link="val/x.mp4")
+        _member(tar, "val/twomember00_000000_000002.mp4", kind=tarfile.SYMTYPE, link="/etc/passwd")
+        _member(tar, "val/twomember00_000000_000002.mkv", video)
+        _member(tar, "val/directory00_000000_000002.mp4", kind=tarfile.DIRTYPE)
+    with tarfile.open(parts / "part_1.tar", "w") as tar:
+        _member(tar, "val/symlink0000_000000_000002.mkv", kind=tarfile.SYMTYPE, link="../x.mkv")
+    ann = write_csv(tmp_path / "val.csv", HEAD + b"".join(
+        b"abseiling,%s,0,2,val\n" % yid for yid in (b"symlink0000", b"escape00000", b"abspath0000", b"hardlink000",
+                                                    b"twomember00", b"directory00")))
+    before = tree(tmp_path, skip=(private_tmp,))
+    out = tmp_path / "out"
+    caplog.set_level(logging.WARNING, logger="transforms.sources")
+    assert run_cli("--dataset", "kinetics400", "--annotations", ann, "--output", out, "--source", "cvdf",
+                   "--video-root", parts, "--steps", "fetch") == 0
+    recs = {r["youtube_id"]: r for r in read_records(out)}
+    assert {k: r["status"] for k, r in recs.items()} == {
+        "symlink0000": "missing", "escape00000": "missing", "abspath0000": "missing", "hardlink000": "missing",
+        "twomember00": "ok", "directory00": "missing"}
+    assert recs["twomember00"]["source"] == "cvdf:part_0.tar.gz:val/twomember00_000000_000002.mkv"
+    secret = outside / "secret0000a_000000_000002.mp4"
+    assert recs["symlink0000"]["reason"] == (
+        "no usable symlink0000_000000_000002.* in the CVDF parts: part_0.tar.gz member "
+        f"'val/symlink0000_000000_000002.mp4' is a symbolic link to '{secret}'; part_1.tar member "
+        "'val/symlink0000_000000_000002.mkv' is a symbolic link to '../x.mkv'; not used")
+    assert recs["escape00000"]["reason"] == (
+        "no usable escape00000_000000_000002.* in the CVDF parts: part_0.tar.gz member "
+        "'../../escape00000_000000_000002.mp4' has a '..' in its path; not used")
+    assert "has an absolute path" in recs["abspath0000"]["reason"]
+    assert "is a hard link to 'val/x.mp4'" in recs["hardlink000"]["reason"]
+    assert "'val/directory00_000000_000002.mp4' is not a regular file" in recs["directory00"]["reason"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "transforms.sources"]
+    assert sum("symlink0000_000000_000002" in m and "skipped" in m for m in warned) == 2
+    assert sum("escape00000" in m for m in warned) == 1
+    assert_only_output_written(tmp_path, before, out, private_tmp)
+    assert not (tmp_path.parent / "escape00000_000000_000002.mp4").exists()
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.m*")] == [
+        "videos_val/abseiling/twomember00_000000_000002.mp4"]
+
+
+# ---------------------------------------------------------------------------- a local video root
+
+def test_local_root_loops_broken_links_fifos_and_unreadable_files(tmp_path, private_tmp):
+    root = tmp_path / "root"
+    make_video(root / "goodclip000_000000_000002.mp4", seconds=2)
+    (root / "loopclip000_000000_000002.mp4").symlink_to("loopclip000_000000_000002.mp4")  # loops on itself
+    (root / "loopa").symlink_to("loopb")
+    (root / "loopb").symlink_to("loopa")
+    (root / "twoloops000_000000_000002.mkv").symlink_to("loopa")
+    (root / "brokenlink0_000000_000002.mp4").symlink_to("nowhere/x.mp4")
+    os.mkfifo(root / "fifoclip000_000000_000002.mp4")
+    (root / "dirclip0000_000000_000002.mp4").mkdir()
+    (root / "unreadable0_000000_000002.mp4").symlink_to("/proc/self/mem")  # regular; reading it: EIO
+    (root / "abseiling").symlink_to(".")  # a class dir linking back to the root: a cycle for a tree walk
+    make_video(root / "viaclassdir_000000_000002.mp4", seconds=2)
+    ids = ["goodclip000", "loopclip000", "twoloops000", "brokenlink0", "fifoclip000", "dirclip0000",
+           "unreadable0", "viaclassdir"]
+    ann = write_csv(tmp_path / "val.csv", HEAD + b"".join(b"abseiling,%s,0,2,val\n" % i.encode() for i in ids))
+    before = tree(tmp_path, skip=(private_tmp,))
+    out = tmp_path / "out"
+    assert run_cli("--dataset", "kinetics400", "--annotations", ann, "--output", out, "--source", "local",
+                   "--video-root", root, "--steps", "fetch") == 0
+    recs = {r["youtube_id"]: r for r in read_records(out)}
+    got = {k: (r["status"], r["reason"].replace(str(root), "ROOT")) for k, r in recs.items()}
+    assert got == {
+        "goodclip000": ("ok", ""), "viaclassdir": ("ok", ""),
+        "loopclip000": ("missing", "no usable video for loopclip000_000000_000002 under ROOT "
+                                   "(loopclip000_000000_000002.mp4: Too many levels of symbolic links)"),
+        "twoloops000": ("missing", "no usable video for twoloops000_000000_000002 under ROOT "
+                                   "(twoloops000_000000_000002.mkv: Too many levels of symbolic links)"),
+        "brokenlink0": ("missing", "no usable video for brokenlink0_000000_000002 under ROOT "
+                                   "(brokenlink0_000000_000002.mp4: a symbolic link to 'nowhere/x.mp4', which "
+                                   "does not exist)"),
+        "fifoclip000": ("missing", "no usable video for fifoclip000_000000_000002 under ROOT "
+                                   "(fifoclip000_000000_000002.mp4: not a regular file)"),
+        "dirclip0000": ("missing", "no usable video for dirclip0000_000000_000002 under ROOT "
+                                   "(dirclip0000_000000_000002.mp4: not a regular file)"),
+        "unreadable0": ("failed", "no usable video for unreadable0_000000_000002 under ROOT "
+                                  "(unreadable0_000000_000002.mp4: cannot be read: Input/output error)")}
+    assert recs["viaclassdir"]["frames"] == 20
+    assert_only_output_written(tmp_path, before, out, private_tmp)
+
+
+DROP_ROOTS_READ_ALL = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                       "--inh-caps=-dac_override,-dac_read_search"]
+
+
+def test_a_file_without_read_permission(tmp_path):
+    """A video the run may not read, end to end in a child process; as root (who reads every file)
+    the child runs without the capabilities that let root ignore file modes."""
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root and setpriv (util-linux) is absent: cannot make a file unreadable")
+        prefix = DROP_ROOTS_READ_ALL
+    root = tmp_path / "root"
+    make_video(root / "goodclip000_000000_000002.mp4", seconds=2)
+    make_video(root / "noaccess000_000000_000002.mp4", seconds=2).chmod(0)
+    ann = write_csv(tmp_path / "val.csv", HEAD + b"abseiling,goodclip000,0,2,val\nzumba,noaccess000,0,2,val\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([*prefix, sys.executable, "-m", "pipeline", "--dataset", "kinetics400", "--annotations",
+                           str(ann), "--output", str(out), "--source", "local", "--video-root", str(root),
+                           "--steps", "fetch"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    recs = {r["youtube_id"]: r for r in read_records(out)}
+    assert (recs["goodclip000"]["status"], recs["goodclip000"]["frames"]) == ("ok", 20)
+    assert (recs["noaccess000"]["status"], recs["noaccess000"]["reason"]) == (
+        "failed", f"no usable video for noaccess000_000000_000002 under {root} "
+                  "(noaccess000_000000_000002.mp4: cannot be read: Permission denied)")
