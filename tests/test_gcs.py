@@ -203,3 +203,35 @@ def test_every_input_on_gcs(gcs, demo_inputs):
         if rec["status"] == "ok":
             with av.open(io.BytesIO(files[rec["outputs"]["video"]])) as container:
                 assert sum(1 for _ in container.decode(video=0)) == rec["frames"] > 0
+
+
+def test_source_object_deleted_between_listing_and_reading(gcs, tmp_path, monkeypatch):
+    """--video-root on gs://: a source object that find_local listed and someone deleted before it
+    was read is one `missing` record saying so; the other clip is made and the run completes."""
+    from transforms import clips, sources
+
+    for yid in ("keepclip000", "goneclip000"):
+        src = make_video(tmp_path / "videos" / f"{yid}_000000_000002.mp4", seconds=2)
+        gcs.put_file(str(src), f"bucket/race/{yid}_000000_000002.mp4")
+    listed = []
+
+    def find_then_delete(root, clip):
+        found = sources.find_local(root, clip)
+        listed.append(found.url)
+        if clip.youtube_id == "goneclip000":
+            gcs.rm_file(found.url)  # another client deletes it: this run's listing still had it
+        return found
+
+    monkeypatch.setattr(clips, "find_local", find_then_delete)
+    ann = write_csv(tmp_path / "val.csv", "label,youtube_id,time_start,time_end,split\n"
+                                          "abseiling,keepclip000,0,2,val\nzumba,goneclip000,0,2,val\n")
+    out = tmp_path / "out"
+    assert run_cli("--dataset", "kinetics400", "--annotations", ann, "--source", "local", "--video-root",
+                   "gs://bucket/race", "--steps", "fetch", "--output", out) == 0
+    assert sorted(listed) == ["gs://bucket/race/goneclip000_000000_000002.mp4",
+                              "gs://bucket/race/keepclip000_000000_000002.mp4"]
+    recs = {r["youtube_id"]: r for r in map(json.loads, (out / "manifest" / "val.jsonl").read_text().splitlines())}
+    assert (recs["keepclip000"]["status"], recs["keepclip000"]["frames"]) == ("ok", 20)
+    assert (recs["goneclip000"]["status"], recs["goneclip000"]["reason"]) == (
+        "missing", "gs://bucket/race/goneclip000_000000_000002.mp4 is gone: it was listed, then not found when read")
+    assert not (out / "videos_val" / "zumba").exists()

@@ -33,6 +33,10 @@ TAR_MEMBERS = {"train.csv", "validate.csv", "val.csv", "test.csv"}
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 REQUIRED = ("youtube_id", "time_start", "time_end")
 HEADER_BYTES = 1 << 16
+MAX_LINE = 1 << 16  # bytes a CSV line may hold (a Kinetics row has ~60); under csv's field limit
+CHUNK = 1 << 16
+BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 ROOT_CAUSES = ((ConnectionRefusedError, "connection refused"), (socket.gaierror, "name resolution failed"),
                (TimeoutError, "timed out"))
 UNSAID = ((FileNotFoundError, "not found"), (PermissionError, "permission denied"))
@@ -196,40 +200,157 @@ def malformed_fields(columns, values):
     return {**raw, "fields": values}
 
 
+def _line_end(buf, pos, eof):
+    """(where the line from `pos` ends, where the next starts) in buf, or None if not in buf yet
+    (a \r that ends buf may be the first half of a \r\n)."""
+    n = buf.find(b"\n", pos)
+    r = buf.find(b"\r", pos, n if n >= 0 else len(buf))
+    if r < 0:
+        return (n, n + 1) if n >= 0 else None
+    if r + 1 < len(buf):
+        return r, r + 2 if buf[r + 1] == 10 else r + 1
+    return (r, r + 1) if eof else None
+
+
+def physical_lines(f, limit=MAX_LINE):
+    """Yield (line number, file offset, bytes or None, length) for each line of the binary file `f`,
+    without its line end (\\n, \\r\\n or a lone \\r, as csv reads them); a line longer than `limit`
+    bytes is read through once and not kept (None). A UTF-8 BOM at the start is dropped. Memory
+    holds at most `limit` + CHUNK bytes, whatever the file holds."""
+    buf, pos, offset, number = b"", 0, 0, 0  # offset: the file offset of buf[pos]
+    skipped = None  # [offset, length so far] of an over-long line being read through
+    eof, first = False, True
+    while True:
+        end = _line_end(buf, pos, eof)
+        if end:
+            stop, after = end
+            number += 1
+            if skipped:
+                yield number, skipped[0], None, skipped[1] + stop - pos
+                skipped = None
+            else:
+                yield number, offset, buf[pos:stop] if stop - pos <= limit else None, stop - pos
+            offset += after - pos
+            pos = after
+            continue
+        rest = buf[pos:]
+        if eof:
+            if skipped or rest:
+                number += 1
+                yield (number, skipped[0], None, skipped[1] + len(rest)) if skipped else \
+                    (number, offset, rest if len(rest) <= limit else None, len(rest))
+            return
+        keep = rest[-1:] if rest.endswith(b"\r") else b""
+        if skipped or len(rest) - len(keep) > limit:
+            skipped = skipped or [offset, 0]
+            skipped[1] += len(rest) - len(keep)
+            offset += len(rest) - len(keep)
+            rest = keep
+        chunk = f.read(CHUNK)
+        eof = not chunk
+        if first:
+            first = False
+            while chunk and len(chunk) < len(BOM) and BOM.startswith(chunk):
+                more = f.read(CHUNK)
+                if not more:
+                    break
+                chunk += more
+            if chunk.startswith(BOM):
+                chunk, offset = chunk[len(BOM):], len(BOM)
+        buf, pos = rest + chunk, 0
+
+
+def _is_bad(ch):
+    return "\udc00" <= ch <= "\udcff"
+
+
+def _shown(value):
+    """A field as text: its bytes that are not UTF-8 text (and NULs) as \\xNN."""
+    return "".join(f"\\x{ord(ch) - 0xdc00:02x}" if _is_bad(ch) else ch for ch in value)
+
+
+def _decode(number, offset, data, length):
+    """(the line's text, its undecodable bytes and NULs as U+DC00 + byte; "" or why it is not text,
+    with "{field}" where the bad field is to be named)."""
+    if data is None:
+        return "", f"line is {length:,} bytes long, more than the {MAX_LINE:,} a row may have"
+    if number == 1 and data.startswith(UTF16_BOMS):
+        return "", "the file is UTF-16; save it as UTF-8"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = f"byte {e.start + 1} of the line, offset {offset + e.start} of the file"
+        return (data.decode("utf-8", "surrogateescape").replace("\x00", "\udc00"),
+                f"not UTF-8 (byte 0x{data[e.start]:02x} at {where}{{field}}); save the file as UTF-8")
+    if "\x00" in text:
+        nul = data.find(b"\x00")
+        return (text.replace("\x00", "\udc00"),
+                f"contains a NUL byte (byte {nul + 1} of the line, offset {offset + nul} of the file{{field}})")
+    return text, ""
+
+
+def _fields(text):
+    """(the fields of one line, "" or why csv cannot read it)."""
+    try:
+        return next(csv.reader([text]), []), ""
+    except csv.Error as e:
+        return [], f"unreadable CSV row: {e}"
+
+
+def _not_text(columns, values, why):
+    """(raw values, reason) of a row holding bytes that are not text: its text fields by column,
+    every field under "fields" (bad bytes as \\xNN), and the reason naming the first bad field."""
+    matched = len(values) == len(columns)
+    raw = dict(zip(columns, values)) if matched else malformed_fields(columns, values)
+    raw = {k: v for k, v in raw.items() if k != "fields" and not any(map(_is_bad, v))}
+    shown = [_shown(v) for v in values]
+    at = next((i for i, v in enumerate(values) if any(map(_is_bad, v))), None)
+    field = ""
+    if at is not None:
+        field = f", in {columns[at] if matched else f'field {at + 1}'} '{shown[at]}'"
+    return {**raw, "fields": shown}, why.replace("{field}", field)
+
+
 def parse_rows(f):
     """Yield (line, {column: value}, "") for each data row of one CSV, or (line, raw values, why)
-    for a row (or header) that cannot be read as one."""
-    text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="replace", newline="")
-    reader = csv.reader(text)
-    try:
-        header = next(reader)
-    except StopIteration:
+    for a row (or header) that cannot be read as one. Each line is a row of its own: a line that
+    is not UTF-8, holds a NUL byte, is longer than MAX_LINE or leaves a quote open is one invalid
+    row, and the lines after it are read as usual."""
+    lines = physical_lines(f)
+    first = next(lines, None)
+    if first is None:
         yield 1, {}, "empty annotation file"
         return
-    except csv.Error as e:
-        yield 1, {}, f"unreadable header: {e}"
+    text, why = _decode(*first)
+    header, error = _fields(text) if not why else ([], "")
+    if why or error:
+        yield 1, {}, f"unreadable header: {(why or error).replace('{field}', '')}"
         return
     columns = [h.strip().lower() for h in header]
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
         yield 1, {"fields": header}, f"header {','.join(columns)!r} lacks column(s) {', '.join(missing)}"
         return
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            yield reader.line_num, {}, f"unreadable CSV row: {e}"
+    for number, offset, data, length in lines:
+        text, why = _decode(number, offset, data, length)
+        if data is None:
+            yield number, {}, why
+            continue
+        row, error = _fields(text)
+        if error:
+            yield number, {}, error
             continue
         if not row or all(not v.strip() for v in row):
             continue
         values = [v.strip() for v in row]
-        if len(values) != len(columns):
-            yield (reader.line_num, malformed_fields(columns, values),
-                   f"expected {len(columns)} fields, got {len(values)}")
-            continue
-        yield reader.line_num, dict(zip(columns, values)), ""
+        if why:
+            yield (number, *_not_text(columns, values, why))
+        elif len(values) != len(columns):
+            unclosed = " (a quote is not closed)" if text.count('"') % 2 else ""
+            yield (number, malformed_fields(columns, values),
+                   f"expected {len(columns)} fields, got {len(values)}{unclosed}")
+        else:
+            yield number, dict(zip(columns, values)), ""
 
 
 class LabelMap:

@@ -5,6 +5,11 @@
   full-length source {root}/{youtube_id}.{ext} that is cut to [start, end).
 * cvdf: the CVDF .tar.gz parts, each streamed once; members are matched to clips by name. A part
   that cannot be read (after retries for transient errors) leaves its clips `missing`, and says so.
+  A member that is a link, not a regular file, or whose path is absolute or climbs out with `..`
+  is never read or followed: a clip with no other member is `missing`, naming the part and member.
+
+Nothing is ever written outside the clip's private staging dir: a member's bytes go to
+`{workdir}/source.{ext}` whatever its name says.
 """
 import dataclasses
 import glob
@@ -12,6 +17,7 @@ import gzip
 import logging
 import os
 import posixpath
+import stat
 import tarfile
 import time
 import zlib
@@ -19,7 +25,7 @@ import zlib
 import apache_beam as beam
 
 from transforms import storage
-from transforms.records import MISSING
+from transforms.records import FAILED, MISSING
 from transforms.video import VideoError
 
 log = logging.getLogger(__name__)
@@ -34,15 +40,47 @@ class Found:
     whole: bool  # named by clip id: the file already is the segment
 
 
+def local_file(path):
+    """"" when `path` is a regular file (symlinks followed) that can be read, None when nothing is
+    there, else (status, why not). Never opens what is not a regular file: a FIFO would block."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            return MISSING, f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+        return None
+    except OSError as e:  # a symlink loop (ELOOP), a dir that cannot be searched (EACCES)...
+        return MISSING, e.strerror or type(e).__name__
+    if not stat.S_ISREG(st.st_mode):
+        return MISSING, "not a regular file"
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        return FAILED, f"cannot be read: {e.strerror or type(e).__name__}"
+    return ""
+
+
 def find_local(root, clip):
-    """The first existing candidate for `clip` under `root`, or None."""
+    """The first existing candidate for `clip` under `root`, or None. Locally, a candidate that is
+    there but cannot be used (a broken link or a symlink loop, not a regular file, unreadable)
+    raises VideoError when no other candidate can be: `failed` if the file cannot be read, else
+    `missing`, naming the candidate and why."""
     stems = [(clip.clip_id, True), (f"{clip.class_dir}/{clip.clip_id}", True), (clip.youtube_id, False)]
     if storage.is_local(root):
+        notes = []
         for stem, whole in stems:
             for ext in VIDEO_EXTENSIONS:
                 path = os.path.join(root, f"{stem}.{ext}")
-                if os.path.isfile(path):
+                state = local_file(path)
+                if state == "":
                     return Found(path, whole)
+                if state and not any(os.path.realpath(path) == real for real, _, _ in notes):
+                    notes.append((os.path.realpath(path), state[0], f"{stem}.{ext}: {state[1]}"))
+        if notes:
+            status = FAILED if any(s == FAILED for _, s, _ in notes) else MISSING
+            raise VideoError(status, f"no usable video for {clip.clip_id} under {root} "
+                                     f"({'; '.join(note for _, _, note in notes)})")
         return None
     fs, base = storage.filesystem(root)
     for stem, whole in stems:
@@ -54,12 +92,16 @@ def find_local(root, clip):
 
 
 def materialize(url, workdir, name="source"):
-    """A local path for `url`: itself when local, else a copy downloaded into workdir."""
+    """A local path for `url`: itself when local, else a copy downloaded into workdir. A remote
+    object that is gone by now (deleted after it was listed) raises VideoError `missing`."""
     if storage.is_local(url):
         return storage.filesystem(url)[1]
     path = os.path.join(workdir, name + posixpath.splitext(url)[1])
     fs, remote = storage.filesystem(url)
-    fs.get_file(remote, path)
+    try:
+        fs.get_file(remote, path)
+    except FileNotFoundError:
+        raise VideoError(MISSING, f"{url} is gone: it was listed, then not found when read") from None
     return path
 
 
@@ -83,11 +125,37 @@ def clip_id_of(member_name):
     return stem.rsplit(".", 1)[0] if "." in stem else stem
 
 
+def unsafe_member(member):
+    """Why a tar member cannot be a clip's video (a link, not a regular file, a path that is
+    absolute or climbs out with `..`), or ""."""
+    if member.issym():
+        return f"is a symbolic link to {member.linkname!r}"
+    if member.islnk():
+        return f"is a hard link to {member.linkname!r}"
+    if not member.isfile():
+        return "is not a regular file"
+    if member.name.startswith("/"):
+        return "has an absolute path"
+    if ".." in member.name.split("/"):
+        return "has a '..' in its path"
+    return ""
+
+
 def read_part(url, wanted):
-    """Stream one part and yield (member name, bytes) for members whose clip id is `wanted`."""
+    """Stream one part and yield (member name, bytes) for members whose clip id is `wanted`; a
+    wanted member that is not safe to use (unsafe_member) is not read: it is logged, and comes
+    with an Absent payload naming the part and the member."""
+    part = posixpath.basename(url)
     with storage.open_input(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
         for member in tar:
-            if member.isfile() and wanted(clip_id_of(member.name)):
+            cid = clip_id_of(member.name)
+            if not wanted(cid):
+                continue
+            why = unsafe_member(member)
+            if why:
+                log.warning("CVDF part %s: member %r %s; skipped", url, member.name, why)
+                yield member.name, skipped_members(cid, [f"{part} member {member.name!r} {why}"])
+            else:
                 yield member.name, tar.extractfile(member).read()
 
 
@@ -111,7 +179,8 @@ def describe(error):
 
 class ReadParts(beam.DoFn):
     """Part URL in; (clip key, (part URL, (clip, earlier record, (source name, video bytes)))) out
-    for each wanted member, the matched clip keys on `found`, and "URL: error" on `failed` for a part
+    for each wanted member (an Absent in place of the bytes for a member not safe to use), the
+    matched clip keys on `found`, and "URL: error" on `failed` for a part
     that could not be read: at once for a permanent error, else after `attempts` tries with
     exponential backoff (a retry skips the members already emitted). The (clip, earlier record)
     pairs that need a video come as a side input keyed by clip id."""
@@ -124,9 +193,9 @@ class ReadParts(beam.DoFn):
         for attempt in range(1, self.attempts + 1):
             try:
                 for member, data in read_part(url, lambda cid: bool(jobs[cid])):
-                    if member in emitted:
+                    if (member, isinstance(data, Absent)) in emitted:
                         continue
-                    emitted.add(member)
+                    emitted.add((member, isinstance(data, Absent)))
                     for clip, prev in jobs[clip_id_of(member)]:
                         yield clip.key, (url, (clip, prev, (f"cvdf:{name}:{member}", data)))
                         yield beam.pvalue.TaggedOutput("found", clip.key)
@@ -140,19 +209,31 @@ class ReadParts(beam.DoFn):
                 time.sleep(self.backoff * 2 ** (attempt - 1))
 
 
-def pick_part(keyed):
-    """The one job for a clip found in several parts: a replacement part's member wins, else the
-    first part URL in sorted order (then the first member name)."""
-    def rank(item):
-        url, (_, _, (source, _)) = item
-        return "replacement" not in posixpath.basename(url), url, source
-    return min(keyed[1], key=rank)[1]
-
-
 @dataclasses.dataclass(frozen=True)
 class Absent:
-    """A payload in place of a member's bytes: the clip is in no part that could be read."""
+    """A payload in place of a member's bytes: the clip is in no part that could be read, or its
+    members could not be used (`skipped`: what each was); `reason` says which."""
     reason: str
+    skipped: tuple = ()
+
+
+def skipped_members(clip_id, notes):
+    notes = tuple(sorted(set(notes)))
+    return Absent(f"no usable {clip_id}.* in the CVDF parts: {'; '.join(notes)}; not used", notes)
+
+
+def pick_part(keyed):
+    """The one job for a clip found in several parts: a member that can be used wins over those
+    that cannot (links, unsafe paths); then a replacement part's member, else the first part URL in
+    sorted order (then the first member name). With none usable, the job's Absent names them all."""
+    def rank(item):
+        url, (_, _, (source, data)) = item
+        return isinstance(data, Absent), "replacement" not in posixpath.basename(url), url, source
+    items = list(keyed[1])
+    clip, prev, (source, data) = min(items, key=rank)[1]
+    if isinstance(data, Absent):
+        data = skipped_members(clip.clip_id, [n for _, (_, _, (_, d)) in items for n in d.skipped])
+    return clip, prev, (source, data)
 
 
 def unmatched(grouped, failed):
