@@ -116,12 +116,27 @@ def test_nul_bytes_make_their_row_invalid_wherever_they_are(tmp_path):
 
 
 def test_a_quote_left_open_is_one_invalid_row(tmp_path):
+    """A quote no later line closes into a row of the header's width takes no other line along
+    (here a later quoted label would close it, into a row of the wrong width)."""
     data = HEAD + b'"abseiling,abcdefghijk,1,11,train\n' + b"zumba,bbcdefghijk,1,11,train\n" \
-        + b'"zumba",cbcdefghijk,1,11,train\n'
+        + b'"zumba",cbcdefghijk,1,11,train\n' + b'zumba,"dbcdefghijk,1,11,train\n'
     items = read([write_csv(tmp_path / "a.csv", data)])
     assert clips(items) == [("bbcdefghijk", 3), ("cbcdefghijk", 4)]
+    assert [i["reason"] for i in invalid(items)] == [
+        "a.csv line 2: expected 5 fields, got 1 (a quote is not closed)",
+        "a.csv line 5: expected 5 fields, got 2 (a quote is not closed)"]
+
+
+def test_a_quoted_field_may_span_lines(tmp_path):
+    data = (b"label,youtube_id,time_start,time_end,split,is_cc\n"
+            b'abseiling,abcdefghijk,1,11,train,"a note\r\non two lines"\r\n'
+            b'"zumba\rx",bbcdefghijk,1,11,train,0\n'
+            b"zumba,cbcdefghijk,1,11,train,0\n")
+    items = read([write_csv(tmp_path / "a.csv", data)])
+    assert clips(items) == [("abcdefghijk", 3), ("cbcdefghijk", 6)]
+    assert items[0].line == 3 and items[0].label == "abseiling"  # numbered by its last line, as csv does
     (bad,) = invalid(items)
-    assert bad["reason"] == "a.csv line 2: expected 5 fields, got 1 (a quote is not closed)"
+    assert bad["line"] == 5 and bad["raw"]["label"] == "zumba\rx" and "control character" in bad["reason"]
 
 
 class CountingFile(io.FileIO):
@@ -170,13 +185,14 @@ def test_a_100_mb_line_is_one_invalid_row_read_once_in_bounded_memory(tmp_path):
 def test_lines_split_as_csv_splits_them_at_any_chunk_size(monkeypatch, chunk):
     data = b"\xef\xbb\xbfa,b\r\nc\rd\n\ne,f\r\r\ng" + b"h" * 70 + b"\r\ni"
     monkeypatch.setattr(reader, "CHUNK", chunk)
-    got = [(n, off, line, length) for n, off, line, length in reader.physical_lines(io.BytesIO(data), limit=64)]
-    assert got == [(1, 3, b"a,b", 3), (2, 8, b"c", 1), (3, 10, b"d", 1), (4, 12, b"", 0), (5, 13, b"e,f", 3),
-                   (6, 17, b"", 0), (7, 19, None, 71), (8, 92, b"i", 1)]
+    got = [tuple(x) for x in reader.physical_lines(io.BytesIO(data), limit=64)]
+    assert got == [(1, 3, b"a,b", 3, b"\r\n"), (2, 8, b"c", 1, b"\r"), (3, 10, b"d", 1, b"\n"), (4, 12, b"", 0, b"\n"),
+                   (5, 13, b"e,f", 3, b"\r"), (6, 17, b"", 0, b"\r\n"), (7, 19, None, 71, b"\r\n"),
+                   (8, 92, b"i", 1, b"")]
     assert list(reader.physical_lines(io.BytesIO(b"\xef\xbb\xbf"))) == []
-    assert [x[2] for x in reader.physical_lines(io.BytesIO(b"a\r"))] == [b"a"]
+    assert [(x.data, x.end) for x in reader.physical_lines(io.BytesIO(b"a\r"))] == [(b"a", b"\r")]
     for data in (b"x" * 64, b"x" * 64 + b"\r\n", b"x" * 65, b"x" * 65 + b"\n"):  # the limit is on the line, not its end
-        assert [x[2:] for x in reader.physical_lines(io.BytesIO(data), limit=64)] == \
+        assert [(x.data, x.length) for x in reader.physical_lines(io.BytesIO(data), limit=64)] == \
             [(b"x" * 64 if len(data.strip()) == 64 else None, len(data.strip()))]
 
 

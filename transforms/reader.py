@@ -13,6 +13,7 @@ import posixpath
 import re
 import socket
 import tarfile
+import typing
 import unicodedata
 import zlib
 
@@ -212,11 +213,20 @@ def _line_end(buf, pos, eof):
     return (r, r + 1) if eof else None
 
 
+class Line(typing.NamedTuple):
+    """One line of a CSV file: its bytes without the line end (None when longer than the limit)."""
+    number: int
+    offset: int  # in the file
+    data: typing.Optional[bytes]
+    length: int
+    end: bytes  # b"\n", b"\r\n", b"\r", or b"" at the end of the file
+
+
 def physical_lines(f, limit=MAX_LINE):
-    """Yield (line number, file offset, bytes or None, length) for each line of the binary file `f`,
-    without its line end (\\n, \\r\\n or a lone \\r, as csv reads them); a line longer than `limit`
-    bytes is read through once and not kept (None). A UTF-8 BOM at the start is dropped. Memory
-    holds at most `limit` + CHUNK bytes, whatever the file holds."""
+    """Yield a Line for each line of the binary file `f` (a line ends at \\n, \\r\\n or a lone \\r,
+    as csv reads them); a line longer than `limit` bytes is read through once and not kept. A
+    UTF-8 BOM at the start is dropped. Memory holds at most `limit` + CHUNK bytes, whatever the file
+    holds."""
     buf, pos, offset, number = b"", 0, 0, 0  # offset: the file offset of buf[pos]
     skipped = None  # [offset, length so far] of an over-long line being read through
     eof, first = False, True
@@ -226,10 +236,11 @@ def physical_lines(f, limit=MAX_LINE):
             stop, after = end
             number += 1
             if skipped:
-                yield number, skipped[0], None, skipped[1] + stop - pos
+                yield Line(number, skipped[0], None, skipped[1] + stop - pos, buf[stop:after])
                 skipped = None
             else:
-                yield number, offset, buf[pos:stop] if stop - pos <= limit else None, stop - pos
+                yield Line(number, offset, buf[pos:stop] if stop - pos <= limit else None, stop - pos,
+                           buf[stop:after])
             offset += after - pos
             pos = after
             continue
@@ -237,8 +248,8 @@ def physical_lines(f, limit=MAX_LINE):
         if eof:
             if skipped or rest:
                 number += 1
-                yield (number, skipped[0], None, skipped[1] + len(rest)) if skipped else \
-                    (number, offset, rest if len(rest) <= limit else None, len(rest))
+                yield Line(number, skipped[0], None, skipped[1] + len(rest), b"") if skipped else \
+                    Line(number, offset, rest if len(rest) <= limit else None, len(rest), b"")
             return
         keep = rest[-1:] if rest.endswith(b"\r") else b""
         if skipped or len(rest) - len(keep) > limit:
@@ -261,67 +272,126 @@ def physical_lines(f, limit=MAX_LINE):
 
 
 def _is_bad(ch):
-    return "\udc00" <= ch <= "\udcff"
+    return "\udc80" <= ch <= "\udcff"
 
 
 def _shown(value):
-    """A field as text: its bytes that are not UTF-8 text (and NULs) as \\xNN."""
-    return "".join(f"\\x{ord(ch) - 0xdc00:02x}" if _is_bad(ch) else ch for ch in value)
+    """A field as text: its bytes that are not UTF-8 text as \\xNN, NULs as \\x00."""
+    return "".join(f"\\x{ord(ch) - 0xdc00:02x}" if _is_bad(ch) else "\\x00" if ch == "\x00" else ch
+                   for ch in value)
 
 
-def _decode(number, offset, data, length):
-    """(the line's text, its undecodable bytes and NULs as U+DC00 + byte; "" or why it is not text,
-    with "{field}" where the bad field is to be named)."""
-    if data is None:
-        return "", f"line is {length:,} bytes long, more than the {MAX_LINE:,} a row may have"
-    if number == 1 and data.startswith(UTF16_BOMS):
+def _decode(line):
+    """(the line's text, its undecodable bytes as U+DC80-U+DCFF; "" or why it is not text, with
+    "{field}" where the bad field is to be named)."""
+    if line.data is None:
+        return "", f"line is {line.length:,} bytes long, more than the {MAX_LINE:,} a row may have"
+    if line.number == 1 and line.data.startswith(UTF16_BOMS):
         return "", "the file is UTF-16; save it as UTF-8"
     try:
-        text = data.decode("utf-8")
+        text = line.data.decode("utf-8")
     except UnicodeDecodeError as e:
-        where = f"byte {e.start + 1} of the line, offset {offset + e.start} of the file"
-        return (data.decode("utf-8", "surrogateescape").replace("\x00", "\udc00"),
-                f"not UTF-8 (byte 0x{data[e.start]:02x} at {where}{{field}}); save the file as UTF-8")
+        where = f"byte {e.start + 1} of the line, offset {line.offset + e.start} of the file"
+        return (line.data.decode("utf-8", "surrogateescape"),
+                f"not UTF-8 (byte 0x{line.data[e.start]:02x} at {where}{{field}}); save the file as UTF-8")
     if "\x00" in text:
-        nul = data.find(b"\x00")
-        return (text.replace("\x00", "\udc00"),
-                f"contains a NUL byte (byte {nul + 1} of the line, offset {offset + nul} of the file{{field}})")
+        nul = line.data.find(b"\x00")
+        return text, f"contains a NUL byte (byte {nul + 1} of the line, offset {line.offset + nul} of the file{{field}})"
     return text, ""
 
 
 def _fields(text):
-    """(the fields of one line, "" or why csv cannot read it)."""
+    """(the fields of one record's text, "" or why csv cannot read it)."""
     try:
         return next(csv.reader([text]), []), ""
     except csv.Error as e:
         return [], f"unreadable CSV row: {e}"
 
 
+_FIELD = r'(?:"(?:[^"]|"")*"(?!")[^,]*|[^,"][^,]*|)'  # as csv's excel dialect reads a field (not strict)
+CLOSED = re.compile(rf"{_FIELD}(?:,{_FIELD})*", re.S)  # text that leaves no quote open
+CLOSES = re.compile(rf'(?:[^"]|"")*"(?!")[^,]*(?:,{_FIELD})*', re.S)  # the same, from inside a quoted field
+
+
+def _record(first, text, lines, width):
+    """(lines, text) of the record that starts at `first`: one line, or, when it leaves a quote
+    open, the lines up to the one that closes it, if together they are at most MAX_LINE bytes of
+    text and `width` fields in csv's strict reading (a quote that only closes at the start of a
+    later row's quoted field is not); else `first` alone. Lines read and not used go back on `lines`."""
+    if '"' not in text or CLOSED.fullmatch(text):
+        return [first], text
+    taken, parts, size = [first], [text], first.length
+    while True:
+        line = lines.next()
+        if line is None:
+            break
+        more, why = _decode(line)
+        size += len(taken[-1].end) + line.length
+        if why or size > MAX_LINE:
+            lines.back(line)
+            break
+        taken.append(line)
+        parts += [taken[-2].end.decode(), more]
+        if CLOSES.fullmatch(more):
+            joined = "".join(parts)
+            if _strict_width(joined) == width:
+                return taken, joined
+            break
+    for line in reversed(taken[1:]):
+        lines.back(line)
+    return [first], text
+
+
+def _strict_width(text):
+    """The number of fields of a record that csv reads in strict mode (each closing quote followed by
+    a comma or the end, as a real multi-line field's is), or None."""
+    try:
+        return len(next(csv.reader([text], strict=True), []))
+    except csv.Error:
+        return None
+
+
+class _Lines:
+    """An iterator of Lines that can be given back (to read them again)."""
+
+    def __init__(self, lines):
+        self.lines, self.given = lines, []
+
+    def next(self):
+        return self.given.pop() if self.given else next(self.lines, None)
+
+    def back(self, line):
+        self.given.append(line)
+
+
 def _not_text(columns, values, why):
-    """(raw values, reason) of a row holding bytes that are not text: its text fields by column,
-    every field under "fields" (bad bytes as \\xNN), and the reason naming the first bad field."""
+    """(raw values, reason) of a row holding bytes that are not text or NULs: its fields by column
+    (those that are not text only under "fields", every field there with bad bytes as \\xNN), and
+    the reason naming the first bad field."""
     matched = len(values) == len(columns)
     raw = dict(zip(columns, values)) if matched else malformed_fields(columns, values)
-    raw = {k: v for k, v in raw.items() if k != "fields" and not any(map(_is_bad, v))}
-    shown = [_shown(v) for v in values]
-    at = next((i for i, v in enumerate(values) if any(map(_is_bad, v))), None)
+    if any(_is_bad(ch) for v in values for ch in v):
+        raw = {k: v for k, v in raw.items() if k != "fields" and not any(map(_is_bad, v))}
+        raw["fields"] = [_shown(v) for v in values]
+    at = next((i for i, v in enumerate(values) if "\x00" in v or any(map(_is_bad, v))), None)
     field = ""
     if at is not None:
-        field = f", in {columns[at] if matched else f'field {at + 1}'} '{shown[at]}'"
-    return {**raw, "fields": shown}, why.replace("{field}", field)
+        field = f", in {columns[at] if matched else f'field {at + 1}'} '{_shown(values[at])}'"
+    return raw, why.replace("{field}", field)
 
 
 def parse_rows(f):
     """Yield (line, {column: value}, "") for each data row of one CSV, or (line, raw values, why)
-    for a row (or header) that cannot be read as one. Each line is a row of its own: a line that
-    is not UTF-8, holds a NUL byte, is longer than MAX_LINE or leaves a quote open is one invalid
-    row, and the lines after it are read as usual."""
-    lines = physical_lines(f)
-    first = next(lines, None)
+    for a row (or header) that cannot be read as one. A row is one line, or the lines a quoted
+    field spans; a line that is not UTF-8, holds a NUL byte, is longer than MAX_LINE or leaves a
+    quote open that no later line closes into a row is one invalid row, and the lines after it
+    are read as usual."""
+    lines = _Lines(physical_lines(f))
+    first = lines.next()
     if first is None:
         yield 1, {}, "empty annotation file"
         return
-    text, why = _decode(*first)
+    text, why = _decode(first)
     header, error = _fields(text) if not why else ([], "")
     if why or error:
         yield 1, {}, f"unreadable header: {(why or error).replace('{field}', '')}"
@@ -331,26 +401,32 @@ def parse_rows(f):
     if missing:
         yield 1, {"fields": header}, f"header {','.join(columns)!r} lacks column(s) {', '.join(missing)}"
         return
-    for number, offset, data, length in lines:
-        text, why = _decode(number, offset, data, length)
-        if data is None:
-            yield number, {}, why
+    while True:
+        line = lines.next()
+        if line is None:
+            return
+        text, why = _decode(line)
+        if line.data is None:
+            yield line.number, {}, why
             continue
+        if not why:
+            taken, text = _record(line, text, lines, len(columns))
+            line = taken[-1]  # a row is numbered by its last line, as csv counts them
         row, error = _fields(text)
         if error:
-            yield number, {}, error
+            yield line.number, {}, error
             continue
         if not row or all(not v.strip() for v in row):
             continue
         values = [v.strip() for v in row]
         if why:
-            yield (number, *_not_text(columns, values, why))
+            yield (line.number, *_not_text(columns, values, why))
         elif len(values) != len(columns):
-            unclosed = " (a quote is not closed)" if text.count('"') % 2 else ""
-            yield (number, malformed_fields(columns, values),
+            unclosed = "" if CLOSED.fullmatch(text) else " (a quote is not closed)"
+            yield (line.number, malformed_fields(columns, values),
                    f"expected {len(columns)} fields, got {len(values)}{unclosed}")
         else:
-            yield number, dict(zip(columns, values)), ""
+            yield line.number, dict(zip(columns, values)), ""
 
 
 class LabelMap:
