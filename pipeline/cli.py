@@ -210,7 +210,7 @@ def main(argv=None):
     print(f"kinetics-prep: {settings.dataset}: {', '.join(settings.annotations)} -> {settings.output} "
           f"(steps {','.join(settings.steps)})", file=sys.stderr)
     if not dry_run(options):
-        storage.sweep_temp_files(storage.join(settings.output, "_ledger"))
+        storage.sweep_temp_files(settings.output, flat=settings.flat)
     try:
         result = run(settings, options)
     except AnnotationError as e:
