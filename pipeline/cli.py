@@ -95,11 +95,18 @@ def annotation_error(e):
     return found.group(1).strip() if found else None
 
 
+class RunError(Exception):
+    """The job stopped for a reason the launcher says in one line (an output it cannot write)."""
+
+
 class _DropAnnotationErrors(logging.Filter):
-    """Keeps the runner from logging an AnnotationError's traceback; the launcher says it in one line."""
+    """Keeps the runner from logging the traceback of an AnnotationError or a WriteError; the
+    launcher says it in one line (a worker process's traceback arrives as a log message)."""
 
     def filter(self, record):
-        return not (record.exc_info and isinstance(record.exc_info[1], AnnotationError))
+        if record.exc_info and isinstance(record.exc_info[1], (AnnotationError, storage.WriteError)):
+            return False
+        return "WriteError: " not in record.getMessage()
 
 
 @contextlib.contextmanager
@@ -175,9 +182,12 @@ def run(settings, options):
             p.run().wait_until_finish()
     except Exception as e:
         message = annotation_error(e)
-        if message is None:
+        if message is not None:
+            raise AnnotationError(message) from None
+        written = storage.write_failure(e)
+        if written is None:
             raise
-        raise AnnotationError(message) from None
+        raise RunError(written) from None
     finally:
         progress.stop()
         tally.remove(settings.output, settings.run_id)
@@ -213,7 +223,7 @@ def main(argv=None):
         storage.sweep_temp_files(settings.output, flat=settings.flat)
     try:
         result = run(settings, options)
-    except AnnotationError as e:
+    except (AnnotationError, RunError) as e:
         print(f"kinetics-prep: error: {e}", file=sys.stderr)
         return 1
     if result is None:

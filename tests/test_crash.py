@@ -442,14 +442,12 @@ def test_the_sweep_lists_no_frames_dir(tmp_path, monkeypatch):
 
 
 def run_error(capsys, *args):
-    """The error line a run that cannot write its ledger or run outputs ends with: the message of
-    the WriteError in the runner's exception, or, from a launcher that catches it, its one line."""
-    try:
-        rc = run_cli(*args)
-    except Exception as e:  # noqa: BLE001 - what the launcher lets through today
-        return storage.write_failure(e)
-    assert rc == 1
-    return capsys.readouterr().err.strip().splitlines()[-1].removeprefix("kinetics-prep: error: ")
+    """The one error line (no traceback) a run that cannot write its ledger or run outputs ends with."""
+    rc = run_cli(*args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("kinetics-prep: error: ")
+    assert not any("Traceback" in line for line in err), err
+    return err[-1].removeprefix("kinetics-prep: error: ")
 
 
 @pytest.mark.parametrize("folder", ["_ledger", "manifest"])

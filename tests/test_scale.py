@@ -57,12 +57,13 @@ def stable(data):
 
 
 @pytest.mark.parametrize("extra", [(), ("--shuffle", "--seed", "3", "--filelist-format", "json")])
-def test_manifest_in_parallel_parts_equals_one_file(tmp_path, extra):
+def test_manifest_in_parallel_parts_equals_one_file(tmp_path, monkeypatch, extra):
     labels, rows = synthetic_rows(ROWS)
     text = "label,youtube_id,time_start,time_end,split\n" + "".join(
         f'"{label}",{yid},{s},{e},{split}\n' for label, yid, s, e, split in rows)
     ann = write_csv(tmp_path / "kinetics.csv", text)
     one = run(tmp_path, "one", ann, labels, rows, *extra)
+    monkeypatch.setattr(writers, "FAILURES_PER_RANGE", 300)  # ~2,000 failures: failures.csv from 7 ranges
     parts = run(tmp_path, "parts", ann, labels, rows, "--manifest-file-records", "400",
                 "--direct_running_mode", "multi_processing", "--direct_num_workers", "2", *extra)
 
@@ -110,5 +111,8 @@ def test_split_plan_cuts_ranges_at_the_quantiles():
     assert writers.manifest_name("val") == "manifest/val.jsonl"
     plans = {"val": plan}
     rec = Clip("val", "a", 0, "a", "x" * 11, 0.0, 1.0, "c", "a.csv", 600, (0, 600)).record("missing")
-    (key, (sort_key, entry)) = writers.part_of(rec, plans)
-    assert key == ("val", 2) and sort_key == ((0, 600), "a", "c") and entry["failure"].startswith("val,a,")
+    (key, (sort_key, (json_line, status, lines))) = writers.part_of(rec, plans)
+    assert key == ("val", 2) and sort_key == ((0, 600), "a", "c") and (status, lines) == ("missing", {})
+    assert json.loads(json_line) == rec
+    index, (_, line) = writers.failure_of(rec, {writers.FAILURES: plan})
+    assert index == 2 and line.startswith("val,a,")

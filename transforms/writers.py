@@ -8,8 +8,9 @@ approximate quantiles of their `order`, a few kB whatever the split's size), at 
 worker gets it: manifest/{split}.jsonl when one range holds the split, else
 manifest/{split}-{i:05d}-of-{n:05d}.jsonl. Concatenated in name order (`manifest/{split}*.jsonl`)
 they are the split's records in annotation order. The same pass renders each record's file-list
-lines and failure row; what is gathered afterwards is only those lines (tens of bytes a clip),
-and counts.
+lines; failures.csv (one file, in annotation order across splits) gets ranges of its own. What
+is gathered afterwards is only each range's text (the lists' and failures.csv's own bytes) and
+counts.
 """
 import bisect
 import collections
@@ -29,6 +30,8 @@ from transforms.records import GOOD
 FAILURE_COLUMNS = ("split", "label", "youtube_id", "time_start", "time_end", "status", "reason")
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 QUANTILES = 1000  # order ranges known per split: enough for 1000 manifest files a split
+FAILURES = "failures"  # failures.csv is one file in annotation order across splits: its own ranges
+FAILURES_PER_RANGE = 50000
 
 
 def sort_key(record):
@@ -100,47 +103,58 @@ def part_of(record, plans, flat=False):
 
 
 def record_entry(record, flat=False):
-    """What the run-level outputs need of one record: its manifest line, status, file-list lines
-    and failure line. Made before the records of a part are gathered, so a part holds bytes."""
+    """What a manifest part needs of one record: (manifest line, status, file-list lines by kind).
+    Made before the records of a part are gathered, so a part holds bytes, not records."""
     good = record["status"] in GOOD
-    return {"json": dump(record) + b"\n", "status": record["status"],
-            "lines": {kind: filelists.line(record, kind, flat) for kind in filelists.KINDS} if good else {},
-            "failure": None if good else failure_line(record)}
+    return (dump(record) + b"\n", record["status"],
+            {kind: filelists.line(record, kind, flat) for kind in filelists.KINDS} if good else {})
+
+
+def failure_of(record, plans):
+    """(index of its failures.csv range, (sort key, line)) of a record that is not ok/exists."""
+    key = sort_key(record)
+    return bisect.bisect_right(plans[FAILURES]["bounds"], key[0]), (key, failure_line(record))
+
+
+def failure_range(grouped):
+    """(index, the range's failures.csv lines in order)."""
+    index, rows = grouped
+    return index, "".join(line for _, line in sorted(rows))
 
 
 class WritePart(beam.DoFn):
     """One range of a split's records in; its manifest file written. Yields the part's name and
-    counts; tagged `lists`: ((split, kind), (index, its lines)) when the run lists the split;
-    tagged `failures`: (sort key, failures.csv line)."""
+    counts; tagged `lists`: ((split, kind), (index, its lines)) when the run lists the split."""
 
     def __init__(self, settings):
         self.settings = settings
 
     def process(self, joined, plans):
         (split, index), groups = joined
-        entries = sorted(groups["records"], key=lambda e: e[0])
+        entries = [entry for _, entry in sorted(groups["records"], key=lambda e: e[0])]
         name = manifest_name(split, index, plans[split]["files"])
-        storage.write_bytes(storage.join(self.settings.output, name), b"".join(e["json"] for _, e in entries))
-        yield {"split": split, "manifest": name, "counts": dict(collections.Counter(e["status"] for _, e in entries))}
+        storage.write_bytes(storage.join(self.settings.output, name), b"".join(json for json, _, _ in entries))
+        yield {"split": split, "manifest": name, "counts": dict(collections.Counter(s for _, s, _ in entries))}
         if split in self.settings.splits and "filelists" in self.settings.steps:
             for kind in filelists.KINDS:
-                text = "".join(e["lines"].get(kind) or "" for _, e in entries)
+                text = "".join(lines.get(kind) or "" for _, _, lines in entries)
                 yield beam.pvalue.TaggedOutput("lists", ((split, kind), (index, text)))
-        for key, e in entries:
-            if e["failure"] is not None:
-                yield beam.pvalue.TaggedOutput("failures", (key, e["failure"]))
 
 
 def write_list(grouped, settings):
     """One file list from its parts' lines (in part order); its name, or None when it has no line."""
     (split, kind), parts = grouped
-    lines = "".join(text for _, text in sorted(parts)).splitlines(keepends=True)
-    if not lines:
+    text = "".join(text for _, text in sorted(parts))
+    if not text:
         return None
-    if settings.shuffle:
-        lines = filelists.shuffled(lines, settings.seed)
-    name = filelists.list_name(settings.dataset, split, kind, settings.filelist_format)
-    storage.write_bytes(storage.join(settings.output, name), filelists.render(lines, kind, settings.filelist_format))
+    fmt = settings.filelist_format
+    if settings.shuffle or fmt != "txt":
+        lines = text.splitlines(keepends=True)
+        data = filelists.render(filelists.shuffled(lines, settings.seed) if settings.shuffle else lines, kind, fmt)
+    else:
+        data = text.encode("utf-8")
+    name = filelists.list_name(settings.dataset, split, kind, fmt)
+    storage.write_bytes(storage.join(settings.output, name), data)
     return name
 
 
@@ -169,7 +183,7 @@ def write_run(_, parts, lists, failures, settings, label_map_text):
     records; drop manifests and the requested splits' file lists that this run did not write."""
     out = settings.output
     parts = list(parts) + empty_parts(parts, settings)
-    storage.write_bytes(storage.join(out, "failures.csv"), failures_csv(line for _, line in sorted(failures)))
+    storage.write_bytes(storage.join(out, "failures.csv"), failures_csv(text for _, text in sorted(failures)))
     counts = collections.defaultdict(collections.Counter)
     for part in parts:
         counts[part["split"]].update(part["counts"])
@@ -200,24 +214,44 @@ class WriteOutputs(beam.PTransform):
     def expand(self, records):
         s = self.settings
         orders = records | "Orders" >> beam.Map(lambda r: (r["split"], tuple(r["order"])))
-        counts = orders | "CountSplit" >> beam.combiners.Count.PerKey()
-        quantiles = orders | "OrderQuantiles" >> beam.CombinePerKey(
-            ApproximateQuantilesCombineFn.create(num_quantiles=QUANTILES + 1))
-        plans = beam.pvalue.AsDict(({"count": counts, "quantiles": quantiles}
-                                    | "JoinPlan" >> beam.CoGroupByKey()
-                                    | "Plan" >> beam.Map(_plans, s.manifest_file_records)))
+        plan = orders | "Ranges" >> Ranges(s.manifest_file_records)
+        plans = beam.pvalue.AsDict(plan)
         keyed = records | "ToPart" >> beam.Map(part_of, plans, s.flat)
-        slots = (counts
-                 | "Slots" >> beam.FlatMap(lambda c, plans: [((c[0], i), None) for i in range(plans[c[0]]["files"])],
-                                           plans))
+        slots = plan | "Slots" >> beam.FlatMap(lambda p: [((p[0], i), None) for i in range(p[1]["files"])])
         parts = ({"records": keyed, "slot": slots}
                  | "GatherPart" >> beam.CoGroupByKey()
-                 | "WritePart" >> beam.ParDo(WritePart(s), plans).with_outputs("lists", "failures", main="parts"))
+                 | "WritePart" >> beam.ParDo(WritePart(s), plans).with_outputs("lists", main="parts"))
         lists = (parts.lists
                  | "GatherList" >> beam.GroupByKey()
                  | "WriteList" >> beam.Map(write_list, s))
+        failing = records | "Failing" >> beam.Filter(lambda r: r["status"] not in GOOD)
+        failure_plans = beam.pvalue.AsDict(
+            failing
+            | "FailureOrders" >> beam.Map(lambda r: (FAILURES, tuple(r["order"])))
+            | "FailureRanges" >> Ranges(FAILURES_PER_RANGE))
+        failures = (failing
+                    | "ToFailureRange" >> beam.Map(failure_of, failure_plans)
+                    | "GatherFailures" >> beam.GroupByKey()
+                    | "FailureLines" >> beam.Map(failure_range))
         return (records.pipeline
                 | "Run" >> beam.Create([None])
                 | "WriteRun" >> beam.Map(write_run, beam.pvalue.AsList(parts.parts), beam.pvalue.AsList(lists),
-                                         beam.pvalue.AsList(parts.failures), s, self.label_map_text))
+                                         beam.pvalue.AsList(failures), s, self.label_map_text))
+
+
+class Ranges(beam.PTransform):
+    """(group, order) pairs in; (group, split_plan) out: a count and approximate quantiles per
+    group (combiners: a few kB whatever the group's size) cut it into ranges of about `per_range`."""
+
+    def __init__(self, per_range):
+        super().__init__()
+        self.per_range = per_range
+
+    def expand(self, orders):
+        counts = orders | "Count" >> beam.combiners.Count.PerKey()
+        quantiles = orders | "Quantiles" >> beam.CombinePerKey(
+            ApproximateQuantilesCombineFn.create(num_quantiles=QUANTILES + 1))
+        return ({"count": counts, "quantiles": quantiles}
+                | "Join" >> beam.CoGroupByKey()
+                | "Plan" >> beam.Map(_plans, self.per_range))
 
