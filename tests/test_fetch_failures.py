@@ -122,7 +122,10 @@ def test_a_stall_over_tls_is_network(source, tmp_path):
 def test_a_stall_behind_a_proxy_is_still_network(server, source, tmp_path):
     # with --proxy ffmpeg goes through it, not the relay: its lines alone tell the transfer broke off
     proxy = fetch_worker.Relay(timeout=30)  # here just a forwarding HTTP proxy
-    error = fails(make_fetcher(server, source, then=fs.stall(64 * 1024), proxy=proxy.url), tmp_path)
+    try:
+        error = fails(make_fetcher(server, source, then=fs.stall(64 * 1024), proxy=proxy.url), tmp_path)
+    finally:
+        proxy.close()
 
     assert (error.status, error.attempts) == ("network", 2)
     assert error.reason.startswith(f"truncated: the transfer from {host(server)} broke off while fetching {WINDOW}"
@@ -226,6 +229,7 @@ def test_the_relay_tunnels_and_notes_stalls_and_resets(server, source):
     relay.settle()
     assert relay.last_fault() == {"event": "connect", "host": f"127.0.0.1:{port}", "error": "Connection refused",
                                   "bytes": 0}
+    relay.close()
 
 
 # --- the mapping, on reports as the worker writes them ----------------------------------------

@@ -99,6 +99,14 @@ class Relay:
     def url(self):
         return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
 
+    def close(self):
+        """Accept no more connections (those open run to their end)."""
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (Linux)
+        except OSError:
+            pass
+        self._listener.close()
+
     def last_fault(self):
         with self._lock:
             return dict(self.faults[-1]) if self.faults else None
