@@ -2,8 +2,10 @@
 
 Serves registered media files at ``/{youtube_id}.{ext}`` on 127.0.0.1 (port 0), honouring
 ``Range`` (206, Content-Range, Accept-Ranges), and lets a test plan what each request for an id
-gets: an HTTP error (optionally with Retry-After or a custom reason phrase), a stalled body,
-a truncated body or a slow trickle. It counts requests and the body bytes written per id.
+gets: an HTTP error (optionally with Retry-After or a custom reason phrase), no answer at all
+(the connection closed at once), a body that stalls (at once or after some bytes), a truncated
+body (the connection closed cleanly), a reset connection (a TCP RST after some bytes) or a slow
+trickle. It counts requests (with their arrival times) and the body bytes written per id.
 
 Bytes are counted once ``sendall`` returns, i.e. once they are in the kernel's socket buffers:
 a client that aborts a transfer has received fewer than counted (the server's send buffer is
@@ -14,6 +16,8 @@ import http.server
 import os
 import re
 import socket
+import struct
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -27,12 +31,13 @@ SEND_BUFFER = 64 * 1024
 
 @dataclasses.dataclass(frozen=True)
 class Fault:
-    kind: str                  # "status", "stall", "truncate" or "trickle"
+    kind: str                  # "status", "hangup", "stall", "truncate", "reset" or "trickle"
     status: int = 200
     reason: str | None = None  # the status line's phrase, which clients quote in their errors
     retry_after: str | None = None
     fraction: float = 0.5      # truncate: share of the body sent before the connection closes
     rate: float = 0.0          # trickle: body bytes per second
+    after: int = 0             # stall, reset: body bytes sent first (at most the body)
 
 
 def status(code, retry_after=None, reason=None):
@@ -40,11 +45,22 @@ def status(code, retry_after=None, reason=None):
                  retry_after=None if retry_after is None else str(retry_after))
 
 
-STALL = Fault("stall")
+def stall(after=0):
+    """Send the headers and `after` body bytes, then nothing (the connection stays open)."""
+    return Fault("stall", after=after)
+
+
+STALL = stall()
+HANGUP = Fault("hangup")  # the connection is closed before any answer
 
 
 def truncate(fraction=0.5):
     return Fault("truncate", fraction=fraction)
+
+
+def reset(after=64 * 1024):
+    """Send the headers and `after` body bytes, then abort the connection (a TCP RST, not a FIN)."""
+    return Fault("reset", after=after)
 
 
 def trickle(bytes_per_second):
@@ -55,14 +71,17 @@ def trickle(bytes_per_second):
 class Stats:
     requests: int = 0
     bytes_sent: int = 0
-    log: list = dataclasses.field(default_factory=list)  # (method, Range header or None, status)
+    log: list = dataclasses.field(default_factory=list)  # (method, Range header or None, status; 0: no answer)
     cookies: list = dataclasses.field(default_factory=list)  # Cookie headers received
+    times: list = dataclasses.field(default_factory=list)  # time.monotonic() at each request of `log`
 
 
 class FaultServer:
-    """``with FaultServer() as server: server.add(id, path); server.plan(id, status(429), ...)``."""
+    """``with FaultServer() as server: server.add(id, path); server.plan(id, status(429), ...)``.
 
-    def __init__(self):
+    `tls`: an ``ssl.SSLContext`` (server side) to serve https instead (see `self_signed_tls`)."""
+
+    def __init__(self, tls=None):
         self._files = {}
         self._plans = {}
         self._stats = {}
@@ -70,6 +89,10 @@ class FaultServer:
         self.stopping = threading.Event()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.faults = self
+        self.scheme = "https" if tls else "http"
+        if tls:  # the handshake happens in the request's thread, on its first read
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True,
+                                                 do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     def __enter__(self):
@@ -83,7 +106,7 @@ class FaultServer:
 
     @property
     def base_url(self):
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self._httpd.server_address[1]}"
 
     def url_template(self, ext="mp4"):
         return f"{self.base_url}/{{youtube_id}}.{ext}"
@@ -100,7 +123,7 @@ class FaultServer:
     def stats(self, youtube_id):
         with self._lock:
             s = self._stats.get(youtube_id, Stats())
-            return Stats(s.requests, s.bytes_sent, list(s.log), list(s.cookies))
+            return Stats(s.requests, s.bytes_sent, list(s.log), list(s.cookies), list(s.times))
 
     @property
     def total_requests(self):
@@ -121,6 +144,7 @@ class FaultServer:
             s = self._stats.setdefault(youtube_id, Stats())
             s.requests += 1
             s.log.append((request.command, request.headers.get("Range"), code))
+            s.times.append(time.monotonic())
             if request.headers.get("Cookie"):
                 s.cookies.append(request.headers["Cookie"])
 
@@ -136,6 +160,10 @@ class FaultServer:
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], OSError):  # a client gone, a TLS handshake refused: no news
+            super().handle_error(request, client_address)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -161,6 +189,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = faults._file(youtube_id)
         fault = faults._next_fault(youtube_id)
         range_header = self.headers.get("Range")
+        if fault and fault.kind == "hangup":
+            faults._record(youtube_id, self, 0)
+            self.close_connection = True
+            return
         if path is None or (fault and fault.kind == "status"):
             code = fault.status if fault and fault.kind == "status" else 404
             faults._record(youtube_id, self, code)
@@ -200,14 +232,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _body(self, youtube_id, path, first, last, fault):
         faults = self.server.faults
         kind = fault.kind if fault else None
-        if kind == "stall":
-            self.wfile.flush()
-            faults.stopping.wait(120)
-            self.close_connection = True
-            return
         stop = last + 1
         if kind == "truncate":
             stop = first + int((last + 1 - first) * fault.fraction)
+            self.close_connection = True
+        elif kind in ("stall", "reset"):
+            stop = min(stop, first + fault.after)
             self.close_connection = True
         chunk = max(1, min(CHUNK, int(fault.rate / 10))) if kind == "trickle" else CHUNK
         try:
@@ -221,8 +251,46 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     pos += len(data)
                     if kind == "trickle":
                         time.sleep(len(data) / fault.rate)
-        except (BrokenPipeError, ConnectionResetError):
+            self.wfile.flush()
+            if kind == "stall":
+                faults.stopping.wait(120)
+            elif kind == "reset":
+                # SO_LINGER 0: close() sends a RST, the client reads ECONNRESET
+                self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.request.close()
+        except OSError:  # the client went away (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError)
             self.close_connection = True
+
+
+def self_signed_tls(directory):
+    """A server-side SSLContext with a fresh self-signed certificate for 127.0.0.1 (files in `directory`)."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context
 
 
 def _byte_range(header, size):

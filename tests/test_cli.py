@@ -109,12 +109,19 @@ def test_unreachable_gcs_is_fast_and_one_line(tmp_path):
     port = _closed_port()
     env = dict(os.environ, STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}",
                GCE_METADATA_HOST=f"127.0.0.1:{port}", GCE_METADATA_IP=f"127.0.0.1:{port}")
-    for args in (["--annotations", "gs://bucket/a.csv", "--output", tmp_path / "o"],
-                 ["--annotations", write_csv(tmp_path / "a.csv", CSV), "--output", "gs://bucket/out"]):
+
+    def run(*args):
         started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "pipeline", "--dataset", "kinetics400", *map(str, args)],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert time.monotonic() - started < 20
+        return proc, time.monotonic() - started
+
+    # the same start-up failing on a local file: what the machine's load costs, retries aside
+    _, baseline = run("--annotations", tmp_path / "nope.csv", "--output", tmp_path / "o")
+    for args in (["--annotations", "gs://bucket/a.csv", "--output", tmp_path / "o"],
+                 ["--annotations", write_csv(tmp_path / "a.csv", CSV), "--output", "gs://bucket/out"]):
+        proc, elapsed = run(*args)
+        assert elapsed < baseline + 15, "no gcsfs retries (~30 s)"
         assert one_line_error(proc).endswith(f"cannot connect to 127.0.0.1:{port}: Connection refused")
 
 

@@ -34,7 +34,7 @@ def source(tmp_path_factory):
 
 def args(server, ann, out, *extra):
     return ["--dataset", "kinetics400", "--annotations", ann, "--output", out, "--source", "youtube",
-            "--url-template", server.url_template(), "--retries", "2", "--clip-timeout", "6",
+            "--url-template", server.url_template(), "--retries", "2", "--clip-timeout", "60",
             "--socket-timeout", "3", "--steps", "fetch,rgb,filelists", *extra]
 
 
@@ -53,7 +53,7 @@ def test_fetch_taxonomy_grouping_and_reruns(tmp_path, source):
         assert run_cli(*args(server, ann, out)) == 0
         recs = {(r["youtube_id"], r["time_start"]): r for r in read_records(out)}
         status = {k: (r["status"], r.get("attempts")) for k, r in recs.items()}
-        assert status.pop(("stalled0001", 20))[0] == "network"  # socket timeouts, then the clip timeout
+        assert status.pop(("stalled0001", 20))[0] == "network"  # socket timeouts (or the clip timeout)
         assert status == {("okvideo0001", 20): ("ok", 1), ("okvideo0001", 33): ("ok", 1),
                           ("gone0000404", 20): ("unavailable", 1), ("busy0000429", 20): ("ok", 2),
                           ("flaky000500", 20): ("ok", 2)}
@@ -68,7 +68,10 @@ def test_fetch_taxonomy_grouping_and_reruns(tmp_path, source):
         assert second["rgb_frames"] == 50
         gone = recs[("gone0000404", 20)]
         assert gone["permanent"] is True and "HTTP 404" in gone["reason"]
-        assert "timed out after 6 s" in recs[("stalled0001", 20)]["reason"]
+        # each attempt ends at ffmpeg's 3 s read timeout, well inside the 60 s clip timeout (which
+        # only a very busy machine could reach first)
+        stalled = recs[("stalled0001", 20)]["reason"]
+        assert stalled.startswith("timed out: no data for 3 s from 127.0.0.1:") or stalled == "timed out after 60 s"
         assert not list(out.rglob("gone0000404*.mp4")) and not list(out.rglob("stalled0001*.mp4"))
         assert not [p for p in out.rglob("*") if ".tmp" in p.name or p.name.startswith(".fetch-")]
         with av.open(str(out / first["outputs"]["video"])) as c:

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 
-UNAVAILABLE, RATE_LIMITED, NETWORK, FAILED = "unavailable", "rate_limited", "network", "failed"
+UNAVAILABLE, RATE_LIMITED, NETWORK, CORRUPT, FAILED = "unavailable", "rate_limited", "network", "corrupt", "failed"
 
 YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
 BOT_CHECK_REASON_PREFIX = "YouTube bot check: fetching stopped"
@@ -212,7 +212,8 @@ _NETWORK = [(sub, re.compile(rx, re.I)) for sub, rx in (
     ("truncated", r"incomplete ?read|content too short|bytes read, \d+ more expected|did not get any data blocks"
                   r"|ends prematurely|partial file|empty file"),
     ("timed out", r"timed? ?out|timeout"),
-    ("connection reset", r"connection (?:reset|aborted)|broken pipe|remote ?disconnected"),
+    ("connection closed", r"remote ?disconnected|closed connection without response"),
+    ("connection reset", r"connection (?:reset|aborted)|broken pipe"),
     ("connection refused", r"connection refused"),
     ("DNS", r"name resolution|name or service not known|nodename nor servname"),
     ("TLS", r"\bssl\b|eof occurred in violation"),
@@ -220,6 +221,36 @@ _NETWORK = [(sub, re.compile(rx, re.I)) for sub, rx in (
     ("I/O error", r"input/output error|unable to download video data|giving up after"),
 )]
 _HTTP_STATUS = re.compile(r"HTTP Error (\d{3})", re.I)
+# what each network failure means, said of the host (`network_reason`)
+_NETWORK_WHAT = {
+    "truncated": "{host} ended the transfer early",
+    "timed out": "no data for {timeout:g} s from {host}",
+    "connection reset": "{host} reset the connection",
+    "connection closed": "{host} closed the connection without an answer",
+    "connection refused": "{host} refused the connection",
+    "DNS": "cannot resolve {host}",
+    "TLS": "TLS failure with {host}",
+    "unreachable": "{host} is unreachable",
+    "I/O error": "read error from {host}",
+}
+# ffmpeg's own lines (yt-dlp runs ffmpeg for ranged downloads), most telling first
+_FFMPEG_HTTP = re.compile(r"HTTP error (\d{3})|Server returned (\d{3})|Server returned ([45])XX", re.I)
+_FFMPEG_NETWORK = [(sub, re.compile(rx, re.I)) for sub, rx in (
+    ("truncated", r"Stream ends prematurely|end of file while|unexpected eof|non-properly terminated"),
+    ("connection closed", r"Error reading HTTP response: End of file"),
+    ("timed out", r"timed out"),
+    ("connection reset", r"Connection reset|Broken pipe|Connection aborted"),
+    ("connection refused", r"Connection refused"),
+    ("DNS", r"Failed to resolve hostname|name resolution|Name or service not known|No address associated"),
+    ("unreachable", r"Network is unreachable|No route to host|Host is unreachable"),
+    ("TLS", r"\bTLS\b|\bSSL\b|GnuTLS|certificate|Error in the (?:pull|push) function|handshake"),
+)]
+_FFMPEG_CUT_SHORT = re.compile(r"partial file|Packet corrupt|corrupt input packet|Input/output error"
+                               r"|Error during demuxing", re.I)
+_FFMPEG_BAD_MEDIA = [re.compile(rx, re.I) for rx in (  # most specific first
+    r"moov atom not found|EBML header parsing failed|could not find codec|Unknown input format",
+    r"Invalid data found when processing input", r"Invalid NAL|error while decoding|no (?:video|audio) stream",
+    r"detected only with low score")]
 _PRIMARY_PAGE = re.compile(r"Unable to download webpage", re.I)  # also the generic extractor's direct media URL
 _YOUTUBE = re.compile(r"^\[youtube\b", re.I)  # a removed YouTube video answers 200 with a playability message
 
@@ -255,6 +286,101 @@ def classify(message, http_status=None, stage="extract"):
         if rx.search(detail):
             return Failure(NETWORK, f"{sub}: {detail}", transient=True)
     return Failure(FAILED, detail or "unknown error")
+
+
+def activity(stage, window):
+    """What the fetch was doing, for a reason: reading the page, fetching a window or the whole source."""
+    if stage == "extract":
+        return "reading the video page"
+    if window is None:
+        return "fetching the whole source"
+    return f"fetching [{window[0]:g}, {window[1]:g}] s"
+
+
+def network_reason(sub, host, doing, detail="", timeout=None):
+    """"<sub>: <what happened> while <doing>[: <detail>]", e.g. "timed out: no data for 10 s from
+    r3.googlevideo.com while fetching [18, 40] s"."""
+    what = _NETWORK_WHAT.get(sub, "{host}").format(host=host or "the server", timeout=timeout or 0)
+    if sub == "timed out" and not timeout:
+        what = f"{host or 'the server'} timed out"
+    return f"{sub}: {what} while {doing}" + (f": {detail}" if detail else "")
+
+
+def classify_report(report, window, socket_timeout):
+    """The Failure for a fetch worker's failure report (see transforms.fetch_worker): the message
+    (and HTTP status) for yt-dlp's own errors, ffmpeg's lines and the relay's notes when yt-dlp ran
+    ffmpeg; network failures say what happened, with which host, while doing what.
+
+    `window` is the padded range the attempt asked for; a report whose ``segment`` is false
+    fetched (or failed to fetch) the whole source.
+    """
+    stage, host = report.get("stage", "worker"), report.get("host")
+    doing = activity(stage, window if report.get("segment") else None)
+    if report.get("tool") == "ffmpeg":
+        return _ffmpeg_failure(report, host, doing, socket_timeout)
+    failure = classify(report["message"], report.get("http_status"), stage)
+    if failure.status != NETWORK or stage == "worker":
+        return failure
+    sub, _, detail = failure.reason.partition(": ")
+    if sub.startswith("server error"):
+        return dataclasses.replace(failure, reason=f"{sub}: {host or 'the server'} answered {sub[14:-1]} while "
+                                                   f"{doing}: {detail}")
+    return dataclasses.replace(failure, reason=network_reason(sub, host, doing, detail, socket_timeout))
+
+
+def _ffmpeg_failure(report, host, doing, socket_timeout):
+    lines, code = report.get("lines") or [], report.get("exit_code")
+    last = lines[-1] if lines else "no message"
+    fault = report.get("transfer")
+    if fault and fault["event"] == "connect":  # before the HTTP lines: ffmpeg then quotes the relay's 502
+        return Failure(NETWORK, _relay_reason(fault, doing, socket_timeout), transient=True)
+    for line in lines:  # an HTTP error answer: as yt-dlp's own would be classified
+        m = _FFMPEG_HTTP.search(line)
+        if m:
+            said = m.group(1) or m.group(2) or f"{m.group(3)}XX"  # ffmpeg names some only by class
+            failure = classify(line, int(said.replace("XX", "00")), "download")
+            kind = failure.reason.split(": ", 1)[0].replace(f"HTTP {said.replace('XX', '00')}", f"HTTP {said}")
+            return dataclasses.replace(failure, reason=f"{kind}: {host or 'the server'} answered HTTP {said} "
+                                                       f"while {doing}: ffmpeg: {line}")
+    if fault:
+        return Failure(NETWORK, _relay_reason(fault, doing, socket_timeout), transient=True)
+    for sub, rx in _FFMPEG_NETWORK:
+        for line in lines:
+            if rx.search(line):
+                return Failure(NETWORK, network_reason(sub, host, doing, f"ffmpeg: {line}",
+                                                       socket_timeout if sub == "timed out" else None),
+                               transient=True)
+    cut_short = next((line for line in lines if _FFMPEG_CUT_SHORT.search(line)), None)
+    if cut_short and not report.get("relay"):  # no relay watched the transfer: most likely it broke off
+        return Failure(NETWORK, f"truncated: the transfer from {host or 'the server'} broke off while {doing} "
+                                f"(ffmpeg: {cut_short})", transient=True)
+    bad = cut_short or next((line for rx in _FFMPEG_BAD_MEDIA for line in lines if rx.search(line)), None)
+    if bad:  # the relay saw the transfer end normally: the media itself is bad
+        return Failure(CORRUPT, f"ffmpeg cannot read the media from {host or 'the server'} while {doing}: {bad}")
+    ended = f"killed by signal {-code}" if isinstance(code, int) and code < 0 else f"exit code {code}"
+    return Failure(FAILED, f"ffmpeg failed ({ended}) while {doing}: {last}")
+
+
+def _relay_reason(fault, doing, socket_timeout):
+    host = fault["host"]
+    if "length" in fault:
+        size = f"{_size(fault['body'])} of {_size(fault['length'])}"
+    else:
+        size = _size(fault["body"] if "body" in fault else fault.get("bytes", 0))
+    if fault["event"] == "stall":  # ffmpeg gave up after its read timeout, the socket timeout
+        idle = f"{socket_timeout:g}" if fault["idle"] >= 0.95 * socket_timeout else f"{fault['idle']:.1f}"
+        return f"timed out: no data for {idle} s from {host} while {doing} (after {size})"
+    if fault["event"] == "reset":
+        return f"connection reset: {host} reset the connection while {doing} (after {size}; {fault['error']})"
+    error = fault.get("error", "")
+    sub = ("connection refused" if "refused" in error.lower() else "DNS" if "resolve" in error.lower()
+           else "timed out" if "timed out" in error.lower() else
+           "unreachable" if "unreachable" in error.lower() else "connection failed")
+    return f"{sub}: cannot connect to {host} while {doing}: {error}"
+
+
+def _size(n):
+    return f"{n} bytes" if n < 1024 else f"{n / 1024:.0f} KiB" if n < 1024 * 1024 else f"{n / 2 ** 20:.1f} MiB"
 
 
 def _refused_extraction(code, detail):
@@ -541,12 +667,12 @@ class Fetcher:
             cookiefile = _write_private(os.path.join(job_dir, "cookies.txt"), cookies) if cookies is not None else None
             job = {"url": url, "window": list(window) if self.options.segment else None,
                    "log": os.path.join(job_dir, "fetch.log"), "params": self._params(job_dir, cookiefile),
-                   "parent_pid": os.getpid()}
+                   "socket_timeout": self.options.socket_timeout, "parent_pid": os.getpid()}
             report = _run_worker(job, job_dir, deadline - time.monotonic())
             if report is None:
                 return Failure(NETWORK, f"timed out after {self.options.clip_timeout:g} s"), None
             if not report.get("ok"):
-                failure = classify(report["message"], report.get("http_status"), report["stage"])
+                failure = classify_report(report, window, self.options.socket_timeout)
                 return failure, retry_after_seconds(report.get("retry_after"))
             return self._result(youtube_id, window, workdir, report), None
         finally:
@@ -555,7 +681,8 @@ class Fetcher:
     def _result(self, youtube_id, window, workdir, report):
         size = os.path.getsize(report["path"]) if os.path.isfile(report["path"]) else 0
         if size == 0:
-            return Failure(NETWORK, "truncated: yt-dlp wrote no data", transient=True)
+            doing = activity("download", window if report["segment"] else None)
+            return Failure(NETWORK, f"truncated: yt-dlp wrote no data while {doing}", transient=True)
         ext = os.path.splitext(report["path"])[1]
         tag = f"{round(window[0] * 1000)}-{round(window[1] * 1000)}ms" if report["segment"] else "full"
         path = os.path.join(workdir, f"{youtube_id}.{tag}{ext}")
@@ -625,8 +752,11 @@ def _run_worker(job, job_dir, timeout):
     try:
         return json.loads(out.decode(errors="replace").strip().splitlines()[-1])
     except (IndexError, ValueError):
-        return {"ok": False, "stage": "worker",
-                "message": f"fetch worker exited with code {proc.returncode}: {_log_tail(job['log'])}"}
+        if proc.returncode < 0:
+            ended = f"fetch worker killed by {signal.Signals(-proc.returncode).name}"
+        else:
+            ended = f"fetch worker exited with code {proc.returncode}"
+        return {"ok": False, "stage": "worker", "message": f"{ended}: {_log_tail(job['log']) or 'no message'}"}
 
 
 def _kill_group(proc):
@@ -643,9 +773,12 @@ def _kill_group(proc):
         time.sleep(0.02)
 
 
-def _log_tail(path, lines=3):
+def _log_tail(path):
+    """The last meaningful line of a worker's log (a traceback's last line is its exception)."""
     try:
         with open(path, errors="replace") as f:
-            return " | ".join(line.strip() for line in f.read().strip().splitlines()[-lines:])
+            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
     except OSError:
         return ""
+    lines = [line for line in lines if not line.startswith("--paths is ignored")]
+    return lines[-1] if lines else ""
