@@ -60,9 +60,9 @@ def failure_line(record):
     return _csv_line([record.get(c, "") for c in FAILURE_COLUMNS])
 
 
-def failures_csv(lines):
-    """failures.csv's bytes from its lines, already in order."""
-    return (_csv_line(FAILURE_COLUMNS) + "".join(lines)).encode("utf-8")
+def failures_csv(pieces):
+    """failures.csv's bytes from the bytes of its ranges, already in order."""
+    return b"".join([_csv_line(FAILURE_COLUMNS).encode("utf-8"), *pieces])
 
 
 def summary(counts_by_split):
@@ -117,9 +117,9 @@ def failure_of(record, plans):
 
 
 def failure_range(grouped):
-    """(index, the range's failures.csv lines in order)."""
+    """(index, the bytes of the range's failures.csv lines, in order)."""
     index, rows = grouped
-    return index, "".join(line for _, line in sorted(rows))
+    return index, "".join(line for _, line in sorted(rows)).encode("utf-8")
 
 
 class WritePart(beam.DoFn):
@@ -183,7 +183,7 @@ def write_run(_, parts, lists, failures, settings, label_map_text):
     records; drop manifests and the requested splits' file lists that this run did not write."""
     out = settings.output
     parts = list(parts) + empty_parts(parts, settings)
-    storage.write_bytes(storage.join(out, "failures.csv"), failures_csv(text for _, text in sorted(failures)))
+    storage.write_bytes(storage.join(out, "failures.csv"), failures_csv(data for _, data in sorted(failures)))
     counts = collections.defaultdict(collections.Counter)
     for part in parts:
         counts[part["split"]].update(part["counts"])
