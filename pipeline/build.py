@@ -39,7 +39,14 @@ def build(p, settings):
     records = (checked.done, results, read.invalid) | "AllRecords" >> beam.Flatten()
     shards = records | "WriteShards" >> WriteShards(settings) if "shards" in settings.steps else None
     _ = records | "WriteReport" >> WriteReport(settings, shards)
-    return records | "WriteOutputs" >> WriteOutputs(settings, settings.label_map.text())
+    return records | "WriteOutputs" >> WriteOutputs(settings, settings.label_map.text(), rows_of(read))
+
+
+def rows_of(read):
+    """(split, order) of every clip and invalid row read: one per record the run will write."""
+    clips = read.clips | "ClipRows" >> beam.Map(lambda c: (c.split, tuple(c.order)))
+    invalid = read.invalid | "InvalidRows" >> beam.Map(lambda r: (r["split"], tuple(r["order"])))
+    return (clips, invalid) | "Rows" >> beam.Flatten()
 
 
 class FromCVDF(beam.PTransform):

@@ -77,7 +77,7 @@ def test_dataflow_dry_run_builds_the_job(tmp_path, offline, monkeypatch):
     assert wanted <= top, wanted - top
     # run-level outputs by ranges of a split (no step gathers a split's records)
     assert any(n.startswith("WriteOutputs/GatherPart") for n in names)
-    assert any(n.startswith("WriteOutputs/OrderQuantiles") for n in names)
+    assert any(n.startswith("WriteOutputs/Ranges/Quantiles") for n in names)
     assert not any("GroupSplit" in n for n in names)
 
     envs = list(proto.components.environments.values())

@@ -206,19 +206,22 @@ def write_run(_, parts, lists, failures, settings, label_map_text):
 class WriteOutputs(beam.PTransform):
     """Records in; manifest, file lists, failures.csv, summary.json and label_map.txt out.
 
-    Per split: a count and approximate quantiles of the records' orders (combiners) give the
-    ranges; every range, even an empty one, gets its manifest part; each file list is gathered
-    from its parts' lines; failures.csv from the failure lines. The summary is the result."""
+    `rows`: (split, order) of every annotation row the run keeps, one per record to come, so the
+    ranges are known from the annotations (a count and approximate quantiles of the orders, per
+    split and over all rows for failures.csv) while the clips are processed, and each record goes
+    to its range as it is made, never gathered or held as a whole. Every range, even an empty
+    one, gets its manifest part; each file list is gathered from its parts' lines; failures.csv
+    from its ranges' lines. The summary is the result."""
 
-    def __init__(self, settings, label_map_text):
+    def __init__(self, settings, label_map_text, rows):
         super().__init__()
         self.settings = settings
         self.label_map_text = label_map_text
+        self.rows = rows
 
     def expand(self, records):
         s = self.settings
-        orders = records | "Orders" >> beam.Map(lambda r: (r["split"], tuple(r["order"])))
-        plan = orders | "Ranges" >> Ranges(s.manifest_file_records)
+        plan = self.rows | "Ranges" >> Ranges(s.manifest_file_records)
         plans = beam.pvalue.AsDict(plan)
         keyed = records | "ToPart" >> beam.Map(part_of, plans, s.flat)
         slots = plan | "Slots" >> beam.FlatMap(lambda p: [((p[0], i), None) for i in range(p[1]["files"])])
@@ -230,8 +233,8 @@ class WriteOutputs(beam.PTransform):
                  | "WriteList" >> beam.Map(write_list, s))
         failing = records | "Failing" >> beam.Filter(lambda r: r["status"] not in GOOD)
         failure_plans = beam.pvalue.AsDict(
-            failing
-            | "FailureOrders" >> beam.Map(lambda r: (FAILURES, tuple(r["order"])))
+            self.rows
+            | "AllRows" >> beam.Map(lambda row: (FAILURES, row[1]))
             | "FailureRanges" >> Ranges(FAILURES_PER_RANGE))
         failures = (failing
                     | "ToFailureRange" >> beam.Map(failure_of, failure_plans)
