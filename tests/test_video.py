@@ -1,5 +1,6 @@
 """The video stage on real files: exact trim, sizes, counts, rotation, audio, corrupt and short."""
 import os
+import struct
 from fractions import Fraction
 
 import av
@@ -11,7 +12,7 @@ from conftest import VIDEOS
 from pipeline.demo import read_barcode, synthetic_video
 from transforms.flow import quantize, write_flow
 import transforms.video as video
-from transforms.video import (Decimate, Segment, VideoError, VideoOptions, frame_size, process,
+from transforms.video import (Decimate, Segment, VideoError, VideoOptions, frame_size, probe, process,
                               scaled_size)
 
 ALL = ("video", "resized", "rgb")
@@ -308,3 +309,160 @@ def test_flow_quantisation_of_a_known_shift(tmp_path):
     assert abs(float(np.median(fy[inner])) - 128) <= 1
     v = np.array([[-25, -20, -0.0784, 0, 1, 19.99, 20, 20.01]], np.float32)
     assert quantize(v, 20).tolist() == [[0, 0, 127, 128, 134, 255, 255, 255]]
+
+
+# Videos that claim ten hours: a timestamp jump, a container duration, MP4 header durations.
+TEN_HOURS = 36000
+
+
+def small_h264(path, seconds, fps=25, far=None, fmt=None):
+    """A 160x120 H.264 clip of `seconds`, plus (far) one more frame at `far` seconds."""
+    n = int(seconds * fps)
+    with av.open(str(path), "w", format=fmt) as out:
+        v = out.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = 160, 120, "yuv420p"
+        v.options = {"preset": "ultrafast", "threads": "1"}
+        for i in list(range(n)) + ([int(far * fps)] if far else []):
+            f = av.VideoFrame.from_ndarray(np.full((120, 160, 3), (i * 7) % 256, np.uint8), format="bgr24")
+            f.pts, f.time_base = i, Fraction(1, fps)
+            out.mux(v.encode(f))
+        out.mux(v.encode(None))
+    return path
+
+
+def mkv_duration(path, seconds):
+    """Patch the Segment Info Duration of a matroska file written with a 1 ms timecode scale."""
+    data = bytearray(path.read_bytes())
+    i = data.find(b"\x44\x89")
+    size = data[i + 2] & 0x7f
+    assert data[i + 2] & 0x80 and size in (4, 8)
+    data[i + 3:i + 3 + size] = struct.pack(">d" if size == 8 else ">f", seconds * 1000.0)
+    path.write_bytes(bytes(data))
+
+
+def mp4_durations(path, seconds):
+    """Patch the mvhd, tkhd, mdhd and elst durations of an MP4 to `seconds`."""
+    data = bytearray(path.read_bytes())
+
+    def walk(start, end, movie_scale):
+        i = start
+        while i + 8 <= end:
+            size, kind = struct.unpack(">I4s", data[i:i + 8])
+            body, v = i + 8, data[i + 8]
+            if kind in (b"moov", b"trak", b"mdia", b"edts"):
+                movie_scale = walk(body, i + size, movie_scale)
+            elif kind in (b"mvhd", b"mdhd"):
+                at = body + (12 if v == 0 else 20)
+                scale = struct.unpack(">I", data[at:at + 4])[0]
+                movie_scale = scale if kind == b"mvhd" else movie_scale
+                put(at + 4, v, seconds * scale)
+            elif kind == b"tkhd":
+                put(body + (20 if v == 0 else 28), v, seconds * movie_scale)
+            elif kind == b"elst":
+                for k in range(struct.unpack(">I", data[body + 4:body + 8])[0]):
+                    put(body + 8 + k * (12 if v == 0 else 20), v, seconds * movie_scale)
+            i += size
+        return movie_scale
+
+    def put(at, version, value):
+        data[at:at + (4 if version == 0 else 8)] = struct.pack(">I" if version == 0 else ">Q", int(value))
+
+    walk(0, len(data), 1000)
+    path.write_bytes(bytes(data))
+
+
+def resized_span(path):
+    (stream, _, last), times = timing(path)
+    return len(times), stream, last
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_timestamps_claiming_ten_hours_give_the_window_that_is_really_there(tmp_path, whole):
+    ten = small_h264(tmp_path / "ten.mp4", 10, far=TEN_HOURS)  # 10 s of frames, then one at 10 h
+    with av.open(str(ten)) as c:
+        assert c.duration / 1e6 > TEN_HOURS - 1 and c.streams.video[0].average_rate < 1  # what it claims
+    r = run(tmp_path, ten, 0, 10, whole=whole)
+    assert (r["frames"], r["rgb_frames"], r["duration"], r["fps"]) == (250, 250, 10.0, 25.0)
+    assert r["seconds"]["decode"] < 60  # a few seconds of frames, not ten hours
+    frames, stream, last = resized_span(r["files"]["resized"])
+    assert frames == 250 and abs(stream - 10) < 0.1 and abs(last - 9.96) < 0.05
+    (tmp_path / "work").rename(tmp_path / "first")
+    four = small_h264(tmp_path / "four.mp4", 4, far=TEN_HOURS)
+    with pytest.raises(VideoError) as e:
+        run(tmp_path, four, 0, 10, whole=whole)
+    assert e.value.status == "short" and e.value.reason == "4.00 s of 10 s annotated"
+
+
+def test_probe_rejects_timestamps_claiming_ten_hours_without_decoding_them(tmp_path):
+    ten = small_h264(tmp_path / "ten.mp4", 10, far=TEN_HOURS)
+    with pytest.raises(VideoError) as e:
+        probe(str(ten), 10)
+    assert e.value.status == "corrupt" and e.value.reason == "36000.04 s long, 10 s annotated: not the trimmed clip"
+    with pytest.raises(VideoError) as e:
+        probe(str(ten), 10, full=True)
+    assert e.value.status == "corrupt"
+    assert e.value.reason == "more than 20 s long (a frame at 36000.00 s), 10 s annotated: not the trimmed clip"
+
+
+@pytest.mark.parametrize("seconds,status", [(10, "ok"), (3, "short")])
+def test_container_duration_claiming_ten_hours_is_checked_not_believed(tmp_path, seconds, status):
+    path = small_h264(tmp_path / f"{seconds}.mkv", seconds, fmt="matroska")
+    mkv_duration(path, TEN_HOURS)
+    with av.open(str(path)) as c:
+        assert c.duration / 1e6 == TEN_HOURS
+    for full in (False, True):
+        if status == "ok":
+            info = probe(str(path), 10, full=full)
+            assert info["duration"] == 10.0 and (info["width"], info["height"]) == (160, 120)
+        else:
+            with pytest.raises(VideoError) as e:
+                probe(str(path), 10, full=full)
+            assert e.value.status == "short" and e.value.reason == "3.00 s of 10 s annotated"
+    for whole in (True, False):
+        work = tmp_path / ("work" if whole else "work2")
+        work.mkdir()
+        if status == "ok":
+            r = process(Segment(str(path), 0, 10, whole), ("video", "resized", "rgb"), VideoOptions(), str(work))
+            assert (r["frames"], r["duration"], r["fps"]) == (250, 10.0, 25.0)
+            assert stream_info(r["files"]["video"])["frames"] == 250
+        else:
+            with pytest.raises(VideoError) as e:
+                process(Segment(str(path), 0, 10, whole), ("video", "resized", "rgb"), VideoOptions(), str(work))
+            assert e.value.status == "short"
+
+
+def test_mp4_header_durations_claiming_ten_hours_change_nothing(tmp_path):
+    path = small_h264(tmp_path / "ten.mp4", 10)
+    mp4_durations(path, TEN_HOURS)
+    assert probe(str(path), 10) == {"width": 160, "height": 120, "duration": 10.0, "frames": 250}
+    r = run(tmp_path, path, 0, 10, whole=True)
+    assert (r["frames"], r["duration"], r["fps"]) == (250, 10.0, 25.0) and r["seconds"]["trim"] < 0.2  # remuxed
+
+
+def read_bytes():
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io to count bytes read")
+def test_reading_stops_after_the_segment_and_the_full_probe_after_the_longest_clip(tmp_path):
+    src = tmp_path / "long.mp4"
+    synthetic_video(str(src), 60, fps=25, width=160, height=120, audio=True)
+    before = read_bytes()
+    r = run(tmp_path, src, 0, 60, want=("video", "resized"))
+    whole = read_bytes() - before
+    assert r["frames"] == 1500
+    for i, trim in enumerate(("exact", "copy")):
+        (tmp_path / "work").rename(tmp_path / f"done{i}")
+        before = read_bytes()
+        r = run(tmp_path, src, 1, 3, want=("video", "resized"), trim=trim)
+        assert r["frames"] == 50 and stream_info(r["files"]["resized"])["frames"] == 50
+        assert read_bytes() - before < whole / 4  # the 57 s after the segment are not read
+    before = read_bytes()
+    assert probe(str(src), 60, full=True)["frames"] == 1500
+    all_frames = read_bytes() - before
+    before = read_bytes()
+    with pytest.raises(VideoError) as e:
+        probe(str(src), 10, full=True)
+    assert e.value.reason.startswith("more than 20 s long (a frame at 20.04 s)")
+    assert read_bytes() - before < all_frames / 2

@@ -91,6 +91,16 @@ def _rotated(rotation):
     return rotation % 180 != 0
 
 
+def frame_rate(stream):
+    """The stream's frame rate: its average, unless that is under 1 fps while the rate its timestamps
+    show (FFmpeg's r_frame_rate) is a plausible one (1-240 fps): a timestamp jump or a bogus duration
+    that makes a clip of a few seconds claim hours leaves an average of a frame every few minutes."""
+    average, guessed = stream.average_rate, stream.guessed_rate
+    if average and guessed and average < 1 <= guessed <= 240:
+        return guessed
+    return average or guessed
+
+
 def _sar(stream):
     """The source's sample aspect ratio, or None when it has none (0/1 or unset)."""
     sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
@@ -278,7 +288,7 @@ def _standard_layout(layout):
 
 
 def _x264(out, vs, width, height, preset, crf, sar):
-    stream = out.add_stream("libx264", rate=vs.average_rate or vs.guessed_rate or 25)
+    stream = out.add_stream("libx264", rate=frame_rate(vs) or 25)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.time_base = vs.time_base
     stream.options = {"preset": preset, "crf": f"{crf:g}", "threads": "1"}
@@ -447,6 +457,35 @@ class _Frames:
             self.bytes += len(data)
 
 
+class _PastEnd:
+    """When reading a segment's source can stop: a frame at or after the segment's end has been
+    decoded (frame times only increase, so none that follows is wanted), the packets a copy keeps
+    are all in, and the audio has reached the end too, or the video is AUDIO_SLACK s past it (audio
+    that ends early). The rest of a long source, hours of it perhaps, is never read. `end` None: a
+    whole clip, read to its end."""
+
+    AUDIO_SLACK = 10
+
+    def __init__(self, end, audio, copy):
+        self.end, self.copy = end, copy
+        self.audio_done = not audio
+        self.last = None
+
+    def video(self, t):
+        if self.end is not None and t >= self.end - EPS:
+            self.last = t
+
+    def audio(self, packet, t0):
+        if self.end is not None and packet.pts is not None and \
+                Fraction(packet.pts) * packet.time_base - t0 >= self.end - EPS:
+            self.audio_done = True
+
+    def done(self, trimmed):
+        if self.last is None or (self.copy and not trimmed.done):
+            return False
+        return self.audio_done or self.last >= self.end + self.AUDIO_SLACK
+
+
 def _is_whole(container, vs, segment):
     """A file that already is the clip (named by clip id) and not much longer than it."""
     if not segment.whole:
@@ -509,14 +548,18 @@ def _process(segment, want, opts, workdir):
         decimate = Decimate() if opts.remove_dup else None
         first = last = None
         count = kept = decoded = 0
-        rate = vs.average_rate or vs.guessed_rate
+        rate = frame_rate(vs)
         timestamp = BestEffort(max(1, round(1 / (rate * vs.time_base))) if rate else 1)
         rotation = 0
         streams = [vs] + ([audio] if audio is not None and trimmed is not None else [])
+        past = _PastEnd(None if whole else b, audio is not None and trimmed is not None, mode == "copy")
         try:
             for packet in container.demux(*streams):
                 if packet.stream.type == "audio":
                     trimmed.audio_packet(packet)
+                    past.audio(packet, t0)
+                    if past.done(trimmed):
+                        break
                     continue
                 if mode in ("remux", "copy") and packet.dts is not None:
                     trimmed.video_packet(packet)
@@ -527,6 +570,7 @@ def _process(segment, want, opts, workdir):
                     pts = timestamp(frame)
                     t = Fraction(pts) * vs.time_base - t0
                     if t < a - EPS or (not whole and t >= b - EPS):
+                        past.video(t)
                         continue
                     if first is None:
                         first = t
@@ -556,6 +600,8 @@ def _process(segment, want, opts, workdir):
                             frames.frame(frame)
                     if mode == "encode":
                         trimmed.frame(frame, pts - shift)
+                if past.done(trimmed):
+                    break
         except av.error.FFmpegError as e:
             _close_quietly(writers)
             at = f" at {float(last):.2f} s" if last is not None else ""
@@ -613,9 +659,13 @@ def probe(url, expected_duration, *, full=False, min_ratio=0.8):
     """Check that `url` is a usable clip of about `expected_duration` seconds.
 
     The quick probe opens it, decodes the first frame and reads the duration from the
-    container; `full=True` decodes every frame instead. Returns facts for the record
+    container; a duration longer than the clip could last (longest_clip) is checked, not believed:
+    the probe seeks to where the clip must have ended and decodes on from the keyframe there, so a
+    header or a timestamp jump that claims hours costs a GOP, not hours. `full=True` decodes every
+    frame instead, stopping at the first one past that bound. Returns facts for the record
     (frames, width, height, duration) or raises VideoError.
     """
+    longest = longest_clip(expected_duration)
     try:
         with open_container(url) as container:
             if not container.streams.video:
@@ -630,6 +680,9 @@ def probe(url, expected_duration, *, full=False, min_ratio=0.8):
                         t = float(frame.pts * frame.time_base)
                         first = t if first is None else first
                         last = t
+                        if t - first > longest:
+                            raise VideoError("corrupt", f"more than {longest:g} s long (a frame at {t:.2f} s), "
+                                                        f"{expected_duration:g} s annotated: not the trimmed clip")
                     frames += 1
                     if not full:
                         break
@@ -637,13 +690,17 @@ def probe(url, expected_duration, *, full=False, min_ratio=0.8):
                 raise VideoError("corrupt", f"decode error after {frames} frames: {e}") from None
             if frames == 0:
                 raise VideoError("corrupt", "no decodable frame")
+            rate = frame_rate(stream)
+            step = 1 / float(rate) if rate else 0.0
             if full:
-                rate = stream.average_rate or stream.guessed_rate
-                step = 1 / float(rate) if rate else 0.0
                 duration = (last - first + step) if first is not None else None
             else:
                 duration = _duration(container, stream)
                 frames = stream.frames or None
+                if duration is not None and duration > longest and first is not None:
+                    end = _last_frame_by(container, stream, first + longest)
+                    if end is not None:  # the header overstates it: the frames end in time
+                        duration, frames = end - first + step, None
             w, h = stream.codec_context.width, stream.codec_context.height
             info = {"width": h if _rotated(rotation) else w, "height": w if _rotated(rotation) else h,
                     "duration": round(duration, 3) if duration is not None else None}
@@ -657,9 +714,27 @@ def probe(url, expected_duration, *, full=False, min_ratio=0.8):
         raise VideoError("corrupt", "unknown duration")
     if duration < min_ratio * expected_duration:
         raise VideoError("short", f"{duration:.2f} s of {expected_duration:g} s annotated")
-    if duration > longest_clip(expected_duration):
+    if duration > longest:
         raise VideoError("corrupt", f"{duration:.2f} s long, {expected_duration:g} s annotated: not the trimmed clip")
     return info
+
+
+def _last_frame_by(container, stream, limit):
+    """The time of the stream's last frame when none lies past `limit` (seconds), else None (also when
+    the source cannot seek): decoded from the keyframe at or before `limit`."""
+    try:
+        container.seek(int(limit / stream.time_base), stream=stream)
+    except (av.error.FFmpegError, OSError, ValueError):
+        return None
+    last = None
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            continue
+        t = float(frame.pts * frame.time_base)
+        if t > limit:
+            return None
+        last = t
+    return last
 
 
 def longest_clip(annotated):
