@@ -18,6 +18,7 @@ from fractions import Fraction
 import av
 import cv2
 import numpy as np
+from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
 from transforms import storage
@@ -25,6 +26,9 @@ from transforms import storage
 MP4_AUDIO = {"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}
 STORES_PTS = {"mov", "mp4", "matroska", "webm", "mpegts", "flv"}
 EPS = 1e-6
+# A decoded frame keeps its source's picture type (I/P/B), which x264 takes as a forced type; the
+# encoders get frames without one, as the ffmpeg CLI gives them (x264 then chooses, B-frames too).
+NO_PICTURE_TYPE = PictureType.NONE
 
 
 class VideoError(Exception):
@@ -338,7 +342,7 @@ class _Trimmed:
 
     def frame(self, frame, pts):
         with self.timer():
-            frame.pts, frame.time_base = pts, self.time_base
+            frame.pts, frame.time_base, frame.pict_type = pts, self.time_base, NO_PICTURE_TYPE
             for p in self.video.encode(frame):
                 self.out.mux(p)
 
@@ -425,7 +429,7 @@ class _Resized:
     def frame(self, frame, pts):
         with self.timer():
             small = self.scaler.yuv420(frame)
-            small.pts, small.time_base = pts, self.time_base
+            small.pts, small.time_base, small.pict_type = pts, self.time_base, NO_PICTURE_TYPE
             for p in self.video.encode(small):
                 self.out.mux(p)
             self.frames += 1
