@@ -1,5 +1,5 @@
 """kinetics-prep: the launcher. Resolves the configuration, checks inputs, runs the pipeline,
-prints progress from the ledger and a summary at the end."""
+prints progress from the workers' tallies and a summary at the end."""
 import contextlib
 import csv
 import io

@@ -27,26 +27,6 @@ class Ledger:
         key = (record["split"], record["class_dir"], record["clip_id"])
         storage.write_bytes(self.url(key), dump(record))
 
-    def listing(self):
-        """{url: (size, mtime-ish)} for every ledger file, to spot new or rewritten ones."""
-        found = storage.find_files(self.root, detail=True)
-        return {u: (i.get("size"), _stamp(i)) for u, i in found.items() if u.endswith(".json")}
-
-    def read_many(self, urls):
-        out = {}
-        for url, data in storage.read_bytes_many(list(urls)).items():
-            rec = parse(data)
-            if rec is not None:
-                out[url] = rec
-        return out
-
-
-def _stamp(info):
-    for k in ("mtime", "updated", "LastModified", "created", "generation", "etag"):
-        if info.get(k) is not None:
-            return str(info[k])
-    return None
-
 
 def dump(record):
     return json.dumps(record, sort_keys=False, ensure_ascii=False).encode("utf-8")
