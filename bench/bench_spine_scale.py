@@ -140,6 +140,8 @@ def show(kind, n, r):
     print(f"{kind:>8} {n:>8} {r['wall']:>8.1f} {clips / r['wall']:>8.0f} {r['worker']:>11.0f} {r['launcher']:>13.0f} "
           f"{r['ledger_bytes']:>13} {r['progress_bytes']:>15} {r['manifests']:>10}  {statuses}", flush=True)
     print(f"{'':>8} last progress line: {r['last_progress']}", flush=True)
+    if clips != n:
+        print(f"{'':>8} MISMATCH: summary.json counts {clips} records for {n} rows", flush=True)
 
 
 def main():
