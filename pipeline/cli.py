@@ -82,16 +82,17 @@ def preflight(settings):
         check_output(settings.output)
 
 
-def annotation_error(e):
-    """The message of the AnnotationError behind an exception a runner raised, if any (found by
-    cause, else in the text), without the runner's "[while running ...]"."""
+def error_behind(e, cls):
+    """The message of the `cls` exception behind an exception a runner raised (found by type along
+    its causes, else in its text), without the runner's " [while running ...]"; None if none."""
     seen = []
     while e is not None and e not in seen:
-        if isinstance(e, AnnotationError):
+        if isinstance(e, cls):
             return re.sub(r"\s*\[while running .*\]$", "", str(e))
         seen.append(e)
         e = e.__cause__ or e.__context__
-    found = re.search(r"AnnotationError: ([^\n\[]+)", str(seen[0]) if seen else "")
+    found = re.search(rf"{cls.__name__}: ([^\n]+?)(?:\s*\[while running [^\n]*\])?$", str(seen[0]) if seen else "",
+                      re.MULTILINE)
     return found.group(1).strip() if found else None
 
 
@@ -181,10 +182,10 @@ def run(settings, options):
         with no_annotation_tracebacks():
             p.run().wait_until_finish()
     except Exception as e:
-        message = annotation_error(e)
+        message = error_behind(e, AnnotationError)
         if message is not None:
             raise AnnotationError(message) from None
-        written = storage.write_failure(e)
+        written = error_behind(e, storage.WriteError)
         if written is None:
             raise
         raise RunError(written) from None

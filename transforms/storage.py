@@ -57,20 +57,6 @@ def failing_as(path, verb="write"):
         raise WriteError(f"cannot {verb} {path}: {_plain(e)}", e.errno) from e
 
 
-def write_failure(error):
-    """The message of the WriteError behind an exception a runner raised (found by type along its
-    causes, else in its text), without the runner's " [while running ...]"; None if there is none."""
-    seen = []
-    while error is not None and error not in seen:
-        if isinstance(error, WriteError):
-            return re.sub(r"\s*\[while running .*\]$", "", str(error))
-        seen.append(error)
-        error = error.__cause__ or error.__context__
-    found = re.search(r"WriteError: ([^\n]+?)(?:\s*\[while running [^\n]*\])?$", str(seen[0]) if seen else "",
-                      re.MULTILINE)
-    return found.group(1).strip() if found else None
-
-
 def _discard(path):
     """Remove a temp file of ours if it is there; a failure to do so must not hide the real error
     (the next run's sweep removes what is left)."""
