@@ -14,20 +14,10 @@ import faultserver as fs
 from conftest import read_records, run_cli, write_csv
 from transforms import fetch, fetch_worker
 
-SOURCE_SECONDS, FPS = 60, 10
+from test_fetch import FPS, SOURCE_SECONDS, server, source  # noqa: F401 - the same source and fault server
+
 ID = "okvideo0001"
 WINDOW = "[18, 32] s"  # fetch(ID, 20, 30) padded by 2 s
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    return fs.make_video(tmp_path_factory.mktemp("media") / "source.mp4", SOURCE_SECONDS, fps=FPS)
-
-
-@pytest.fixture
-def server(source):
-    with fs.FaultServer() as s:
-        yield s
 
 
 def make_fetcher(server, source, *plan, then=None, **options):

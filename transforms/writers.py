@@ -89,8 +89,7 @@ def split_plan(count, quantiles, per_file):
     at `quantiles` (approximate quantiles of their orders, smallest first, largest last)."""
     files = max(1, math.ceil(count / per_file))
     steps = len(quantiles) - 1
-    bounds = [tuple(quantiles[round(i * steps / files)]) for i in range(1, files)] if steps > 0 else []
-    return {"files": files if bounds or files == 1 else 1, "bounds": bounds}
+    return {"files": files, "bounds": [tuple(quantiles[round(i * steps / files)]) for i in range(1, files)]}
 
 
 def _plans(joined, per_file):
