@@ -1,8 +1,9 @@
 """Pipeline assembly: annotations -> clips -> results -> outputs."""
 import apache_beam as beam
 
-from transforms.clips import CheckLedger, ComputeFlow, FetchClips, ProcessClips
+from transforms.clips import CheckAndProcess, CheckLedger, ComputeFlow, FetchClips, ProcessClips
 from transforms.reader import AnnotationReader, ReadAnnotations
+from transforms.records import Clip
 from transforms.report import WriteReport
 from transforms.shards import WriteShards
 from transforms.sources import ReadParts, part_urls, pick_part, unmatched
@@ -16,37 +17,43 @@ def annotation_reader(settings):
 
 
 def build(p, settings):
-    read = p | "ReadAnnotations" >> ReadAnnotations(settings.annotations, annotation_reader(settings),
+    rows = p | "ReadAnnotations" >> ReadAnnotations(settings.annotations, annotation_reader(settings),
                                                     (settings.output, settings.run_id))
-    checked = (read.clips
-               | "Reshuffle" >> beam.Reshuffle()
-               | "CheckLedger" >> beam.ParDo(CheckLedger(settings)).with_outputs("todo", main="done"))
-    fetching = "fetch" in settings.steps
-    if fetching and settings.source == "youtube":
-        results = (checked.todo
-                   | "ByYouTubeId" >> beam.Map(lambda job: (job[0].youtube_id, job))
-                   | "GroupByYouTubeId" >> beam.GroupByKey()
-                   | "FetchClips" >> beam.ParDo(FetchClips(settings)))
-    else:
-        jobs = p | "CVDF" >> FromCVDF(settings, checked.todo) if fetching and settings.source == "cvdf" \
-            else checked.todo
-        results = jobs | "ProcessClips" >> beam.ParDo(ProcessClips(settings))
+    shuffled = rows | "Reshuffle" >> beam.Reshuffle()
+    fetching = "fetch" in settings.steps and settings.source in ("youtube", "cvdf")
+    if fetching:
+        checked = shuffled | "CheckLedger" >> beam.ParDo(CheckLedger(settings)).with_outputs("todo", main="done")
+        if settings.source == "youtube":
+            results = (checked.todo
+                       | "ByYouTubeId" >> beam.Map(lambda job: (job[0].youtube_id, job))
+                       | "GroupByYouTubeId" >> beam.GroupByKey()
+                       | "FetchClips" >> beam.ParDo(FetchClips(settings)))
+        else:
+            results = (p | "CVDF" >> FromCVDF(settings, checked.todo)
+                       | "ProcessClips" >> beam.ParDo(ProcessClips(settings)))
+        records = (checked.done, results) | "AllRecords" >> beam.Flatten()
+    else:  # every record comes out of one step: no Flatten for a runner to hold whole
+        records = shuffled | "ProcessClips" >> beam.ParDo(CheckAndProcess(settings))
     if "flow" in settings.steps:
-        results = (results
+        records = (records
                    | "ReshuffleFlow" >> beam.Reshuffle()
                    | "ComputeFlow" >> beam.ParDo(ComputeFlow(settings)).with_resource_hints(
                        **dict(settings.flow_resource_hints)))
-    records = (checked.done, results, read.invalid) | "AllRecords" >> beam.Flatten()
     shards = records | "WriteShards" >> WriteShards(settings) if "shards" in settings.steps else None
     _ = records | "WriteReport" >> WriteReport(settings, shards)
-    return records | "WriteOutputs" >> WriteOutputs(settings, settings.label_map.text(), rows_of(read))
+    return records | "WriteOutputs" >> WriteOutputs(settings, settings.label_map.text(), rows_of(rows))
 
 
-def rows_of(read):
-    """(split, order) of every clip and invalid row read: one per record the run will write."""
-    clips = read.clips | "ClipRows" >> beam.Map(lambda c: (c.split, tuple(c.order)))
-    invalid = read.invalid | "InvalidRows" >> beam.Map(lambda r: (r["split"], tuple(r["order"])))
-    return (clips, invalid) | "Rows" >> beam.Flatten()
+def row_of(row):
+    """(split, order) of a clip or an invalid row's record."""
+    if isinstance(row, Clip):
+        return row.split, tuple(row.order)
+    return row["split"], tuple(row["order"])
+
+
+def rows_of(rows):
+    """(split, order) of every row read: one per record the run will write."""
+    return rows | "Rows" >> beam.Map(row_of)
 
 
 class FromCVDF(beam.PTransform):

@@ -15,9 +15,10 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import build, demo
 from pipeline.options import UsageError, resolve
 from pipeline.progress import Progress
-from transforms import fetch, storage, tally
+from transforms import fetch, runs, storage, tally
 from transforms.reader import AnnotationError, describe, open_sources, read_header
 from transforms.records import STATUSES
+from transforms.writers import IncompleteRun
 
 
 class PreflightError(Exception):
@@ -97,7 +98,8 @@ def error_behind(e, cls):
 
 
 class RunError(Exception):
-    """The job stopped for a reason the launcher says in one line (an output it cannot write)."""
+    """The job stopped for a reason the launcher says in one line (an output it cannot write, or
+    records the runner did not deliver to the outputs)."""
 
 
 class _DropAnnotationErrors(logging.Filter):
@@ -105,9 +107,10 @@ class _DropAnnotationErrors(logging.Filter):
     launcher says it in one line (a worker process's traceback arrives as a log message)."""
 
     def filter(self, record):
-        if record.exc_info and isinstance(record.exc_info[1], (AnnotationError, storage.WriteError)):
+        if record.exc_info and isinstance(record.exc_info[1], (AnnotationError, storage.WriteError, IncompleteRun)):
             return False
-        return "WriteError: " not in record.getMessage()
+        message = record.getMessage()
+        return "WriteError: " not in message and "IncompleteRun: " not in message
 
 
 @contextlib.contextmanager
@@ -175,7 +178,8 @@ def run(settings, options):
     if dry_run(options):
         p.run()
         return None
-    tally.remove(settings.output)  # tallies a killed run left
+    tally.remove(settings.output)  # tallies and sorted runs a killed run left
+    runs.remove(settings.output)
     progress = Progress(settings)
     progress.start()
     try:
@@ -185,13 +189,14 @@ def run(settings, options):
         message = error_behind(e, AnnotationError)
         if message is not None:
             raise AnnotationError(message) from None
-        written = error_behind(e, storage.WriteError)
-        if written is None:
+        stopped = error_behind(e, storage.WriteError) or error_behind(e, IncompleteRun)
+        if stopped is None:
             raise
-        raise RunError(written) from None
+        raise RunError(stopped) from None
     finally:
         progress.stop()
         tally.remove(settings.output, settings.run_id)
+        runs.remove(settings.output, settings.run_id)
     return json.loads(storage.read_bytes(storage.join(settings.output, "summary.json")))
 
 

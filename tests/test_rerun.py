@@ -1,5 +1,6 @@
 """Re-runs over an output that an earlier run (or another tool) left: what the ledger may be
 trusted for, and what must be made or checked again."""
+import json
 import os
 
 from conftest import by_clip, make_video, read_records, run_cli, write_csv
@@ -94,3 +95,27 @@ def test_an_untrimmed_source_at_the_clip_path_is_not_a_clip(tmp_path):
     records = run(lm, ann, out, "--steps", "filelists")
     (rec,) = records.values()
     assert rec["status"] == "missing" and "not the trimmed clip" in rec["reason"]
+
+
+def ledger_files(out):
+    return {p.relative_to(out): (p.stat().st_ino, p.read_bytes()) for p in (out / "_ledger").rglob("*.json")}
+
+
+def test_a_rerun_rewrites_only_the_ledger_records_that_changed(tmp_path):
+    """A clip found as it was (missing again) keeps its ledger file untouched, same inode and
+    bytes; this run's manifest still carries this run's id. A clip whose state changed is rewritten."""
+    lm, ann, root, out = setup(tmp_path)
+    first = run(lm, ann, out, "--steps", "filelists")
+    assert {r["status"] for r in first.values()} == {"missing"}
+    before = ledger_files(out)
+    assert len(before) == 3
+    again = run(lm, ann, out, "--steps", "filelists")
+    assert {r["status"] for r in again.values()} == {"missing"}
+    assert ledger_files(out) == before, "no ledger record was rewritten"
+    assert {r["run_id"] for r in again.values()}.isdisjoint({r["run_id"] for r in first.values()})
+
+    changed = run(lm, ann, out, "--steps", "fetch,filelists", root=root)
+    assert {r["status"] for r in changed.values()} == {"ok"}
+    after = ledger_files(out)
+    assert after.keys() == before.keys() and all(after[k][1] != before[k][1] for k in before)
+    assert {json.loads(data)["run_id"] for _, data in after.values()} == {r["run_id"] for r in changed.values()}

@@ -5,8 +5,12 @@ import random
 
 import pytest
 
+import apache_beam as beam
+import apache_beam.testing.util
+
 from conftest import ROOT, run_cli, write_csv
-from transforms import writers
+from pipeline import build
+from transforms import runs, writers
 from transforms.ledger import Ledger
 from transforms.reader import clean_class_dir
 from transforms.records import Clip
@@ -116,3 +120,77 @@ def test_split_plan_cuts_ranges_at_the_quantiles():
     assert json.loads(json_line) == rec
     index, (_, line) = writers.failure_of(rec, {writers.FAILURES: plan})
     assert index == 2 and line.startswith("val,a,")
+
+
+def test_a_record_the_runner_does_not_deliver_stops_the_run_in_one_line(tmp_path, monkeypatch, capsys):
+    """When fewer records reach the outputs than the annotations have rows (simulated: one row more
+    planned than read), the run exits 1 with one error line, writes no file list, failures.csv or
+    summary.json, and a plain re-run writes them all."""
+    labels, rows = synthetic_rows(60)
+    text = "label,youtube_id,time_start,time_end,split\n" + "".join(
+        f'"{label}",{yid},{s},{e},{split}\n' for label, yid, s, e, split in rows)
+    ann = write_csv(tmp_path / "kinetics.csv", text)
+    out = tmp_path / "out"
+    plant_finished(out, labels, rows)
+    real = build.rows_of
+
+    def one_row_more(read):
+        extra = read.pipeline | "PhantomRow" >> beam.Create([("val", (0, 10 ** 6))])
+        return (real(read), extra) | "WithPhantom" >> beam.Flatten()
+
+    monkeypatch.setattr(build, "rows_of", one_row_more)
+    args = ("--dataset", "kinetics400", "--annotations", ann, "--output", out, "--steps", "filelists", "--splits", "train,val")
+    capsys.readouterr()
+    assert run_cli(*args) == 1
+    err = capsys.readouterr().err
+    val_rows = sum(r[4] == "val" for r in rows)
+    message = (f"kinetics-prep: error: the runner delivered {val_rows:,} records of {val_rows + 1:,} rows of split "
+               "val to the outputs, so its file lists, failures.csv and summary.json were not written; the ledger "
+               "keeps every finished clip: run the same command again")
+    assert message in err.splitlines() and "Traceback" not in err, err
+    assert not list(out.glob("kinetics400_val_list_*")) and not (out / "summary.json").exists()
+    assert not (out / "failures.csv").exists()
+
+    monkeypatch.setattr(build, "rows_of", real)
+    assert run_cli(*args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(summary["total"].values()) == len(rows)
+    assert (out / "kinetics400_val_list_videos.txt").exists() and (out / "failures.csv").exists()
+
+
+def test_check_complete_names_each_split_that_is_off():
+    plans = {"train": {"rows": 3}, "val": {"rows": 2}}
+    writers.check_complete({"train": {"ok": 2, "missing": 1}, "val": {"exists": 2}}, plans)
+    with pytest.raises(writers.IncompleteRun, match=r"2 records of 3 rows of split train; 3 records of 2 rows of split val"):
+        writers.check_complete({"train": {"ok": 2}, "val": {"exists": 3}}, plans)
+    with pytest.raises(writers.IncompleteRun, match=r"1 records of 0 rows of split test"):
+        writers.check_complete({"train": {"ok": 3}, "val": {"ok": 2}, "test": {"ok": 1}}, plans)
+
+
+def test_sorted_runs_through_storage_merge_in_key_order(tmp_path):
+    """WriteRuns in a real pipeline: each bundle's elements land in files of its own (a new file
+    every flush), a piece per group and file; a group's pieces merge into its elements in key order;
+    remove() leaves nothing behind."""
+    rng = random.Random(3)
+    keys = list(range(2000))
+    rng.shuffle(keys)
+    elements = [(k % 3, ([k // 7, f"c{k}"], {"n": k, "text": "é" * (k % 5)})) for k in keys]
+    out = tmp_path / "out"
+    folder = runs.runs_dir(str(out), "r1")
+    with beam.Pipeline() as p:
+        pieces = (p | beam.Create(elements)
+                  | beam.ParDo(runs.WriteRuns(folder, lambda payload: len(payload["text"]) + 40, flush_bytes=20000))
+                  | beam.GroupByKey()
+                  | beam.Map(lambda g: (g[0], [payload["n"] for _, payload in runs.merged(g[1])], len(g[1]))))
+        beam.testing.util.assert_that(pieces, check_groups)
+    files = list((out / "_runs" / "r1").iterdir())
+    assert len(files) >= 2000 * 104 // 20000, files  # a file per flush
+    runs.remove(str(out), "r1")
+    assert not (out / "_runs").exists()
+
+
+def check_groups(groups):
+    assert sorted(g for g, _, _ in groups) == [0, 1, 2]
+    for group, ns, pieces in groups:
+        expected = sorted((k for k in range(2000) if k % 3 == group), key=lambda k: [k // 7, f"c{k}"])
+        assert ns == expected and pieces > 1

@@ -275,9 +275,20 @@ def count(record, settings, skipped=False):
     tally.note(settings, record, skipped)
 
 
+def check(clip, ledger, settings):
+    """(its `exists` record, None) for a clip the ledger holds as complete (counted as skipped),
+    else (None, the ledger's earlier record or None)."""
+    prev = None if settings.redo else ledger.read(clip.key)
+    if complete(prev, clip, settings):
+        record = refreshed(prev, clip, EXISTS if prev["status"] == OK else prev["status"])
+        count(record, settings, skipped=True)
+        return record, None
+    return None, prev
+
+
 class CheckLedger(beam.DoFn):
-    """Clips in; `exists` records for clips the ledger holds as complete, (clip, earlier record)
-    on the `todo` output for the rest."""
+    """Rows in (clips, and invalid rows' records, passed on); `exists` records for clips the
+    ledger holds as complete, (clip, earlier record) on the `todo` output for the rest."""
 
     def __init__(self, settings):
         self.settings = settings
@@ -285,14 +296,12 @@ class CheckLedger(beam.DoFn):
     def setup(self):
         self.ledger = Ledger(self.settings.output)
 
-    def process(self, clip):
-        prev = None if self.settings.redo else self.ledger.read(clip.key)
-        if complete(prev, clip, self.settings):
-            record = refreshed(prev, clip, EXISTS if prev["status"] == OK else prev["status"])
-            count(record, self.settings, skipped=True)
-            yield record
-        else:
-            yield beam.pvalue.TaggedOutput("todo", (clip, prev))
+    def process(self, row):
+        if not isinstance(row, Clip):  # an invalid row's record
+            yield row
+            return
+        record, prev = check(row, self.ledger, self.settings)
+        yield record if record is not None else beam.pvalue.TaggedOutput("todo", (row, prev))
 
     def finish_bundle(self):
         tally.flush(self.settings)
@@ -309,11 +318,13 @@ class _Recording(beam.DoFn):
     def finish_bundle(self):
         tally.flush(self.settings)
 
-    def finish(self, record, started, last_step):
+    def finish(self, record, started, last_step, prev=None):
+        """The record with this run's id and time, written to the ledger unless `prev`, the
+        ledger's record of the clip, already says the same."""
         seconds = dict(record.get("seconds") or {})
         seconds["total"] = round(seconds.get("total", 0) + time.perf_counter() - started, 3)
         record = dict(record, seconds=seconds, run_id=self.settings.run_id)
-        self.ledger.write(record)
+        self.ledger.write(record, prev)
         if last_step:
             count(record, self.settings)
         return record
@@ -331,6 +342,20 @@ class ProcessClips(_Recording):
         clip, prev, *payload = job
         yield self.run(clip, prev, self.source, payload[0] if payload else None)
 
+
+class CheckAndProcess(ProcessClips):
+    """Rows in (clips, and invalid rows' records, passed on); records out: the ledger check and
+    the clip's work in one step, for the runs whose clips need no grouping (no fetch from YouTube or
+    CVDF parts). Every record then comes out of this one step, so no Flatten joins them again
+    (a runner such as Beam's local one would hold the joined records whole)."""
+
+    def process(self, row):
+        if not isinstance(row, Clip):
+            yield row
+            return
+        record, prev = check(row, self.ledger, self.settings)
+        yield record if record is not None else self.run(row, prev, self.source)
+
     def run(self, clip, prev, source, payload=None, fetched=None):
         started = time.perf_counter()
         try:
@@ -342,7 +367,7 @@ class ProcessClips(_Recording):
             seconds = dict(record.get("seconds") or {}, fetch=fields.pop("seconds"))
             record.update(fields, seconds=seconds)
         flow_pending = "flow" in self.settings.steps and record["status"] in GOOD
-        return self.finish(record, started, not flow_pending)
+        return self.finish(record, started, not flow_pending, prev)
 
 
 class FetchClips(ProcessClips):
@@ -371,8 +396,8 @@ class FetchClips(ProcessClips):
         try:
             result = self.fetcher.fetch(youtube_id, window.start, window.end, work)
         except Exception as e:  # noqa: BLE001 - a full disk or a bug fails these clips, not the bundle
-            for clip, _ in members:
-                yield self.finish(self.fetch_failure(clip, e), started, True)
+            for clip, prev in members:
+                yield self.finish(self.fetch_failure(clip, e), started, True, prev)
             return
         url = source_url(self.settings.fetch.url_template, youtube_id)
         shared = {"format_id": result.format_id, "ytdlp_version": result.ytdlp_version,

@@ -23,9 +23,22 @@ class Ledger:
         except FileNotFoundError:
             return None
 
-    def write(self, record):
+    def write(self, record, prev=None):
+        """Write the clip's record, unless `prev` (the record the ledger holds) says the same but
+        for VOLATILE fields: a re-run that finds a clip as it was rewrites nothing (replacing a
+        file costs a local disk several times more than reading it, and an object store a PUT)."""
+        if prev is not None and same_record(record, prev):
+            return
         key = (record["split"], record["class_dir"], record["clip_id"])
         storage.write_bytes(self.url(key), dump(record))
+
+
+VOLATILE = ("run_id", "seconds")  # which run made a record, and how long it took
+
+
+def same_record(a, b):
+    """Whether two records say the same of a clip, whichever run made them."""
+    return {k: v for k, v in a.items() if k not in VOLATILE} == {k: v for k, v in b.items() if k not in VOLATILE}
 
 
 def dump(record):

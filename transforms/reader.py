@@ -605,8 +605,9 @@ class AnnotationReader:
 class ReadAnnotations(beam.PTransform):
     """All annotation sources read in one pass, so `--limit` and de-duplication follow file order.
 
-    Returns a PCollection of Clips with an `invalid` side output of records. With `run`
-    (output, run_id), the clips read are counted in the worker's progress tally.
+    Returns one PCollection of rows: a Clip for each valid row, the `invalid` record of each other
+    (one output, so that a runner which materializes a Flatten never has to join them again).
+    With `run` (output, run_id), the clips read are counted in the worker's progress tally.
     """
 
     def __init__(self, urls, reader, run=None):
@@ -618,7 +619,7 @@ class ReadAnnotations(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "Sources" >> beam.Create([self.urls], reshuffle=False)
-                | "Parse" >> beam.ParDo(_ReadFn(self.reader, self.run)).with_outputs("invalid", main="clips"))
+                | "Parse" >> beam.ParDo(_ReadFn(self.reader, self.run)))
 
 
 class _ReadFn(beam.DoFn):
@@ -636,7 +637,7 @@ class _ReadFn(beam.DoFn):
                 yield item
             else:
                 Metrics.counter("clips", f"{item['split']}.invalid").inc()
-                yield beam.pvalue.TaggedOutput("invalid", item)
+                yield item
         if counts:
             counts.add(read_done=1)
             counts.flush(every=0)

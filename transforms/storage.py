@@ -313,6 +313,12 @@ def read_bytes(url):
     return fs.cat_file(path)
 
 
+def read_range(url, start, length):
+    """`length` bytes of the file at `url` from byte `start`."""
+    fs, path = filesystem(url)
+    return fs.cat_file(path, start=start, end=start + length)
+
+
 def read_bytes_many(urls):
     """{url: bytes} for the urls that could be read (concurrently where the filesystem can)."""
     if not urls:
@@ -359,3 +365,16 @@ def remove(url):
         fs.rm_file(path)
     except FileNotFoundError:
         pass
+
+
+def remove_tree(url, prune_parent=False):
+    """Remove a folder and everything under it (nothing if it is not there); with `prune_parent`,
+    its parent folder too if that leaves it empty (local disk: object stores have no folders)."""
+    fs, path = filesystem(url)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+    if prune_parent and is_local(url):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path.rstrip("/")))

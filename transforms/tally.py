@@ -11,7 +11,6 @@ them all), `skipped` (clips the ledger held as complete), `recorded` (clips this
 status), `failed` (those not ok/exists).
 """
 import collections
-import contextlib
 import json
 import os
 import socket
@@ -108,12 +107,6 @@ def read_all(output, run_id):
 
 
 def remove(output, run_id=None):
-    """Remove the run's tallies (all runs' when `run_id` is None: left by killed runs)."""
-    fs, path = storage.filesystem(progress_dir(output, run_id))
-    try:
-        fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
-    if run_id and storage.is_local(output):
-        with contextlib.suppress(OSError):  # the folder, if no other run's tallies are in it
-            os.rmdir(storage.filesystem(progress_dir(output))[1])
+    """Remove the run's tallies (all runs' when `run_id` is None: left by killed runs); then the
+    _progress folder if no other run's tallies are in it."""
+    storage.remove_tree(progress_dir(output, run_id), prune_parent=bool(run_id))

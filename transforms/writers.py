@@ -8,9 +8,11 @@ approximate quantiles of their `order`, a few kB whatever the split's size), at 
 worker gets it: manifest/{split}.jsonl when one range holds the split, else
 manifest/{split}-{i:05d}-of-{n:05d}.jsonl. Concatenated in name order (`manifest/{split}*.jsonl`)
 they are the split's records in annotation order. The same pass renders each record's file-list
-lines; failures.csv (one file, in annotation order across splits) gets ranges of its own. What
-is gathered afterwards is only each range's text (the lists' and failures.csv's own bytes) and
-counts.
+lines; failures.csv (one file, in annotation order across splits) gets ranges of its own. A
+range's records reach its worker as sorted runs in storage (transforms/runs.py), never through a
+shuffle. What is gathered afterwards is only each range's text (the lists' and failures.csv's
+own bytes) and counts, and the run refuses to write its lists, failures.csv and summary.json
+unless every annotation row it kept has its record (IncompleteRun).
 """
 import bisect
 import collections
@@ -23,7 +25,7 @@ import re
 import apache_beam as beam
 from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
-from transforms import filelists, storage
+from transforms import filelists, runs, storage
 from transforms.ledger import dump
 from transforms.records import GOOD
 
@@ -95,7 +97,25 @@ def split_plan(count, quantiles, per_file):
 def _plans(joined, per_file):
     split, groups = joined
     (count,), (quantiles,) = groups["count"], groups["quantiles"]
-    return split, split_plan(count, quantiles, per_file)
+    return split, dict(split_plan(count, quantiles, per_file), rows=count)
+
+
+class IncompleteRun(Exception):
+    """The records that reached the outputs are not one per annotation row the run kept."""
+
+
+def check_complete(counts_by_split, plans):
+    """Raise IncompleteRun unless each split has exactly as many records as rows were planned."""
+    rows = {split: plan["rows"] for split, plan in plans.items()}
+    wrong = [(split, sum(counts_by_split.get(split, {}).values()), rows.get(split, 0))
+             for split in sorted(set(rows) | set(counts_by_split))
+             if sum(counts_by_split.get(split, {}).values()) != rows.get(split, 0)]
+    if wrong:
+        raise IncompleteRun(
+            "the runner delivered " + "; ".join(f"{got:,} records of {n:,} rows of split {split}"
+                                                for split, got, n in wrong)
+            + " to the outputs, so its file lists, failures.csv and summary.json were not written; the "
+              "ledger keeps every finished clip: run the same command again")
 
 
 def part_of(record, plans, flat=False):
@@ -106,11 +126,16 @@ def part_of(record, plans, flat=False):
 
 
 def record_entry(record, flat=False):
-    """What a manifest part needs of one record: (manifest line, status, file-list lines by kind).
-    Made before the records of a part are gathered, so a part holds bytes, not records."""
+    """What a manifest part needs of one record: [manifest line, status, file-list lines by kind].
+    Made before the records of a part are sorted, so a part holds text, not records."""
     good = record["status"] in GOOD
-    return (dump(record) + b"\n", record["status"],
-            {kind: filelists.line(record, kind, flat) for kind in filelists.KINDS} if good else {})
+    return [dump(record).decode("utf-8") + "\n", record["status"],
+            {kind: filelists.line(record, kind, flat) for kind in filelists.KINDS} if good else {}]
+
+
+def entry_size(entry):
+    json_line, _, lines = entry
+    return len(json_line) + sum(len(line or "") for line in lines.values())
 
 
 def failure_of(record, plans):
@@ -120,9 +145,9 @@ def failure_of(record, plans):
 
 
 def failure_range(grouped):
-    """(index, the bytes of the range's failures.csv lines, in order)."""
-    index, rows = grouped
-    return index, "".join(line for _, line in sorted(rows)).encode("utf-8")
+    """(index, the bytes of the range's failures.csv lines, in order) from its pieces."""
+    index, pieces = grouped
+    return index, "".join(line for _, line in runs.merged(pieces)).encode("utf-8")
 
 
 class WritePart(beam.DoFn):
@@ -134,20 +159,23 @@ class WritePart(beam.DoFn):
 
     def process(self, joined, plans):
         (split, index), groups = joined
-        entries = [entry for _, entry in sorted(groups["records"], key=lambda e: e[0])]
+        entries = [entry for _, entry in runs.merged(groups["pieces"])]
         name = manifest_name(split, index, plans[split]["files"])
-        storage.write_bytes(storage.join(self.settings.output, name), b"".join(json for json, _, _ in entries))
+        storage.write_text(storage.join(self.settings.output, name), "".join(json for json, _, _ in entries))
         yield {"split": split, "manifest": name, "counts": dict(collections.Counter(s for _, s, _ in entries))}
         if split in self.settings.splits and "filelists" in self.settings.steps:
             for kind in filelists.KINDS:
                 text = "".join(lines.get(kind) or "" for _, _, lines in entries)
-                yield beam.pvalue.TaggedOutput("lists", ((split, kind), (index, text)))
+                yield beam.pvalue.TaggedOutput("lists", ((split, kind), (index, text, len(entries))))
 
 
-def write_list(grouped, settings):
-    """One file list from its parts' lines (in part order); its name, or None when it has no line."""
+def write_list(grouped, plans, settings):
+    """One file list from its parts' lines (in part order); its name, or None when it has no line.
+    Refuses (IncompleteRun) unless its parts hold one record per planned row of the split."""
     (split, kind), parts = grouped
-    text = "".join(text for _, text in sorted(parts))
+    parts = sorted(parts)
+    check_complete({split: {"records": sum(n for _, _, n in parts)}}, {split: plans[split]})
+    text = "".join(text for _, text, _ in parts)
     if not text:
         return None
     fmt = settings.filelist_format
@@ -181,15 +209,17 @@ def remove_stale_lists(written, settings):
             storage.remove(storage.join(settings.output, name))
 
 
-def write_run(_, parts, lists, failures, settings, label_map_text):
+def write_run(_, parts, lists, failures, plans, settings, label_map_text):
     """failures.csv, summary.json and label_map.txt; empty manifests for requested splits without
-    records; drop manifests and the requested splits' file lists that this run did not write."""
+    records; drop manifests and the requested splits' file lists that this run did not write.
+    Refuses (IncompleteRun) when the records that came are not one per planned row."""
     out = settings.output
-    parts = list(parts) + empty_parts(parts, settings)
-    storage.write_bytes(storage.join(out, "failures.csv"), failures_csv(data for _, data in sorted(failures)))
     counts = collections.defaultdict(collections.Counter)
     for part in parts:
         counts[part["split"]].update(part["counts"])
+    check_complete(counts, plans)
+    parts = list(parts) + empty_parts(parts, settings)
+    storage.write_bytes(storage.join(out, "failures.csv"), failures_csv(data for _, data in sorted(failures)))
     result = summary(counts)
     storage.write_text(storage.join(out, "summary.json"), json.dumps(result, indent=2) + "\n")
     storage.write_text(storage.join(out, "label_map.txt"), label_map_text)
@@ -222,14 +252,17 @@ class WriteOutputs(beam.PTransform):
         s = self.settings
         plan = self.rows | "Ranges" >> Ranges(s.manifest_file_records)
         plans = beam.pvalue.AsDict(plan)
-        keyed = records | "ToPart" >> beam.Map(part_of, plans, s.flat)
+        folder = runs.runs_dir(s.output, s.run_id)
+        pieces = (records
+                  | "ToPart" >> beam.Map(part_of, plans, s.flat)
+                  | "WritePartRuns" >> beam.ParDo(runs.WriteRuns(folder, entry_size)))
         slots = plan | "Slots" >> beam.FlatMap(lambda p: [((p[0], i), None) for i in range(p[1]["files"])])
-        parts = ({"records": keyed, "slot": slots}
+        parts = ({"pieces": pieces, "slot": slots}
                  | "GatherPart" >> beam.CoGroupByKey()
                  | "WritePart" >> beam.ParDo(WritePart(s), plans).with_outputs("lists", main="parts"))
         lists = (parts.lists
                  | "GatherList" >> beam.GroupByKey()
-                 | "WriteList" >> beam.Map(write_list, s))
+                 | "WriteList" >> beam.Map(write_list, plans, s))
         failing = records | "Failing" >> beam.Filter(lambda r: r["status"] not in GOOD)
         failure_plans = beam.pvalue.AsDict(
             self.rows
@@ -237,12 +270,13 @@ class WriteOutputs(beam.PTransform):
             | "FailureRanges" >> Ranges(FAILURES_PER_RANGE))
         failures = (failing
                     | "ToFailureRange" >> beam.Map(failure_of, failure_plans)
+                    | "WriteFailureRuns" >> beam.ParDo(runs.WriteRuns(folder, len))
                     | "GatherFailures" >> beam.GroupByKey()
                     | "FailureLines" >> beam.Map(failure_range))
         return (records.pipeline
                 | "Run" >> beam.Create([None])
                 | "WriteRun" >> beam.Map(write_run, beam.pvalue.AsList(parts.parts), beam.pvalue.AsList(lists),
-                                         beam.pvalue.AsList(failures), s, self.label_map_text))
+                                         beam.pvalue.AsList(failures), plans, s, self.label_map_text))
 
 
 class Ranges(beam.PTransform):
