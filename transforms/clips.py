@@ -342,6 +342,19 @@ class ProcessClips(_Recording):
         clip, prev, *payload = job
         yield self.run(clip, prev, self.source, payload[0] if payload else None)
 
+    def run(self, clip, prev, source, payload=None, fetched=None):
+        started = time.perf_counter()
+        try:
+            record = process_clip(clip, self.settings, source, prev, payload)
+        except Exception as e:  # noqa: BLE001 - one clip's bug must not stop the run
+            record = clip.record(FAILED, f"{type(e).__name__}: {e}")
+        if fetched:
+            fields = dict(fetched)
+            seconds = dict(record.get("seconds") or {}, fetch=fields.pop("seconds"))
+            record.update(fields, seconds=seconds)
+        flow_pending = "flow" in self.settings.steps and record["status"] in GOOD
+        return self.finish(record, started, not flow_pending, prev)
+
 
 class CheckAndProcess(ProcessClips):
     """Rows in (clips, and invalid rows' records, passed on); records out: the ledger check and
@@ -355,19 +368,6 @@ class CheckAndProcess(ProcessClips):
             return
         record, prev = check(row, self.ledger, self.settings)
         yield record if record is not None else self.run(row, prev, self.source)
-
-    def run(self, clip, prev, source, payload=None, fetched=None):
-        started = time.perf_counter()
-        try:
-            record = process_clip(clip, self.settings, source, prev, payload)
-        except Exception as e:  # noqa: BLE001 - one clip's bug must not stop the run
-            record = clip.record(FAILED, f"{type(e).__name__}: {e}")
-        if fetched:
-            fields = dict(fetched)
-            seconds = dict(record.get("seconds") or {}, fetch=fields.pop("seconds"))
-            record.update(fields, seconds=seconds)
-        flow_pending = "flow" in self.settings.steps and record["status"] in GOOD
-        return self.finish(record, started, not flow_pending, prev)
 
 
 class FetchClips(ProcessClips):
