@@ -10,6 +10,7 @@ import apache_beam.testing.util
 
 from conftest import ROOT, run_cli, write_csv
 from pipeline import build
+from pipeline.options import resolve
 from transforms import runs, writers
 from transforms.ledger import Ledger
 from transforms.reader import clean_class_dir
@@ -194,3 +195,22 @@ def check_groups(groups):
     for group, ns, pieces in groups:
         expected = sorted((k for k in range(2000) if k % 3 == group), key=lambda k: [k // 7, f"c{k}"])
         assert ns == expected and pieces > 1
+
+
+@pytest.mark.parametrize("extra", [("--steps", "filelists"), ("--steps", "fetch,resize,rgb,flow,shards,filelists", "--source", "local",
+                                                              "--video-root", "/videos")])
+def test_runs_without_a_fetch_grouping_join_no_records_in_a_flatten(tmp_path, extra):
+    """Beam's local runner holds a multi-input Flatten's elements whole and hands each worker its
+    share at once: for runs whose clips need no grouping, every record comes out of one step and
+    no Flatten takes records (the plan's orders and the small per-range pieces only)."""
+    settings, _, _ = resolve(["--dataset", "kinetics400", "--annotations", str(tmp_path / "a.csv"), "--output",
+                              str(tmp_path / "out"), *extra])
+    p = beam.Pipeline()
+    build.build(p, settings)
+    proto = p.to_runner_api()
+    flattens = [t.unique_name for t in proto.components.transforms.values()
+                if t.spec.urn == "beam:transform:flatten:v1" and len(t.inputs) > 1]
+    # the CoGroupByKeys inside WriteOutputs join plans and pieces; WriteShards' join compact samples
+    assert flattens and not [n for n in flattens if not n.startswith(("WriteOutputs/", "WriteShards/"))], flattens
+    names = {t.unique_name.split("/", 1)[0] for t in proto.components.transforms.values()}
+    assert "ProcessClips" in names and "CheckLedger" not in names and "AllRecords" not in names
