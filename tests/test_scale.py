@@ -214,3 +214,12 @@ def test_runs_without_a_fetch_grouping_join_no_records_in_a_flatten(tmp_path, ex
     assert flattens and not [n for n in flattens if not n.startswith(("WriteOutputs/", "WriteShards/"))], flattens
     names = {t.unique_name.split("/", 1)[0] for t in proto.components.transforms.values()}
     assert "ProcessClips" in names and "CheckLedger" not in names and "AllRecords" not in names
+
+
+def test_a_clip_pickles_as_its_values():
+    from apache_beam.coders import coders
+    clip = Clip("train", "abseiling", 0, "abseiling", "abcdefghijk", 12.0, 22.0, "abcdefghijk_000012_000022",
+                "gs://bucket/kinetics700/train.csv", 123456, (0, 123456))
+    coder = coders.FastPrimitivesCoder()
+    data = coder.encode(clip)
+    assert coder.decode(data) == clip and len(data) < 200

@@ -33,6 +33,11 @@ class Clip:
     line: int
     order: tuple
 
+    def __reduce__(self):
+        """Pickled as its values alone (no field names): Beam's coder pickles a Clip, and every
+        clip of a run goes through a shuffle, so this is ~200 bytes a clip rather than ~320."""
+        return Clip, tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
     @property
     def key(self):
         return (self.split, self.class_dir, self.clip_id)
