@@ -11,9 +11,8 @@ import uuid
 
 import apache_beam as beam
 import yaml
-from apache_beam.options import pipeline_options as beam_options
 
-from transforms import storage
+from transforms import compat, storage
 from transforms.reader import LabelMap, check_trim_format
 from transforms.records import SPLITS
 from transforms.fetch import FetchOptions, parse_ytdlp_opts
@@ -334,11 +333,7 @@ def _resource_hints(value):
 
 def check_beam_args(beam_args):
     """Refuse flags that neither we nor any Beam PipelineOptions class know (typos)."""
-    parser = beam_options._BeamArgumentParser(allow_abbrev=False)
-    for cls in {str(c): c for c in beam_options.PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)
-    _, unknown = parser.parse_known_args(beam_args)
-    flags = [a for a in unknown if a.startswith("-")]
+    flags = [a for a in compat.beam_unknown_args(beam_args) if a.startswith("-")]
     if flags:
         raise UsageError(f"unrecognized arguments: {' '.join(flags)}")
 
