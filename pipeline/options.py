@@ -11,9 +11,8 @@ import uuid
 
 import apache_beam as beam
 import yaml
-from apache_beam.options import pipeline_options as beam_options
 
-from transforms import storage
+from transforms import compat, storage
 from transforms.reader import LabelMap, check_trim_format
 from transforms.records import SPLITS
 from transforms.fetch import FetchOptions, parse_ytdlp_opts
@@ -334,11 +333,7 @@ def _resource_hints(value):
 
 def check_beam_args(beam_args):
     """Refuse flags that neither we nor any Beam PipelineOptions class know (typos)."""
-    parser = beam_options._BeamArgumentParser(allow_abbrev=False)
-    for cls in {str(c): c for c in beam_options.PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)
-    _, unknown = parser.parse_known_args(beam_args)
-    flags = [a for a in unknown if a.startswith("-")]
+    flags = [a for a in compat.beam_unknown_args(beam_args) if a.startswith("-")]
     if flags:
         raise UsageError(f"unrecognized arguments: {' '.join(flags)}")
 
@@ -366,6 +361,37 @@ def resolve(argv):
 
 
 def _settings(m, args, layers):
+    """The Settings of the merged options `m` (and the config `layers`): each stage group's options
+    checked, and what they name resolved, by that group's check_* function, in the order annotations,
+    outputs, fetch, video, flow; the first rule broken is the UsageError raised."""
+    annotations = check_annotations(m, layers)
+    steps = check_outputs(m)
+    video_root, cvdf_parts, fetch = check_fetch(m, steps, layers, annotations["dataset"])
+    check_video(m)
+    flow_resource_hints = check_flow(m)
+    video = {k: m[k] for k in ("source", "trim", "trim_preset", "trim_crf", "scale", "dense", "remove_dup",
+                               "upscale", "x264_preset", "crf", "new_short", "new_width", "new_height",
+                               "frame_index_base", "flow_algorithm", "flow_bound")}
+    return Settings(
+        **video, **annotations, video_root=video_root, cvdf_parts=cvdf_parts, fetch=fetch,
+        flow_resource_hints=flow_resource_hints,
+        shard_size_mb=m["shard_size_mb"], clips_per_shard=m["clips_per_shard"],
+        shard_frames=bool(m["shard_frames"]),
+        output=storage.normalize(m["output"]), limit=m["limit"], steps=tuple(steps), trim_format=m["trim_format"],
+        class_dirs=m["class_dirs"], flat=m["layout"] == "flat", verify=m["verify"],
+        min_duration_ratio=m["min_duration_ratio"], shuffle=bool(m["shuffle"]), seed=m["seed"],
+        filelist_format=m["filelist_format"], manifest_file_records=m["manifest_file_records"],
+        redo=bool(m["redo"]), retry_unavailable=bool(m["retry_unavailable"]),
+        progress_interval=max(10.0, m["progress_interval"]),
+        demo=any(layer.get("demo") for layer in layers), run_id=uuid.uuid4().hex)
+
+
+def check_annotations(m, layers):
+    """The annotation group: the dataset's name (from the last config layer naming one), the
+    annotation CSVs (a name of the dataset's annotation_sets stands for its list), splits
+    (`validate` is val), --limit, --trim-format, the label map (read when it is a path or URL)
+    and --classes (each in it). Returns {dataset, annotations, splits, labels, classes} as Settings
+    takes them; raises UsageError."""
     name = next((layer["name"] for layer in reversed(layers) if "name" in layer), None)
     if not name:
         raise UsageError("name a dataset: --dataset NAME, or --config FILE with a 'name:' key")
@@ -377,53 +403,86 @@ def _settings(m, args, layers):
         annotations.extend(_as_list(sets[item]) if item in sets else [item])
     if not annotations:
         raise UsageError("no annotations: pass --annotations PATH_OR_URL")
-    if not m["output"]:
-        raise UsageError("no output: pass --output DIR_OR_URL")
-
     splits = []
     for s in _as_list(m["splits"]):
         s = {"validate": "val"}.get(s, s)
         if s not in SPLITS:
             raise UsageError(f"--splits: unknown split {s!r} (train, val, test)")
         splits.append(s)
-    steps = _as_list(m["steps"])
-    for step in steps:
-        if step not in STEPS:
-            raise UsageError(f"--steps: unknown step {step!r} (choose from {','.join(STEPS)})")
     if m["limit"] is not None and m["limit"] < 0:
         raise UsageError("--limit must be >= 0")
     try:
         check_trim_format(m["trim_format"])
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if not 0 <= m["min_duration_ratio"] <= 1:
-        raise UsageError("--min-duration-ratio must be between 0 and 1")
-
-    labels = m["label_map"]
-    if labels is None:
-        raise UsageError(f"dataset {name!r} has no label map: pass --label-map FILE")
-    where = labels if isinstance(labels, str) else f"of {name}"
-    if isinstance(labels, str):
-        try:
-            labels = storage.read_bytes(labels).decode("utf-8").splitlines()
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read label map {labels}: {e}") from None
-    labels = label_lines(labels, where)
+    labels = _label_map(m["label_map"], name)
     label_map = LabelMap(labels)
     classes = _as_list(m["classes"])
     unknown = [c for c in classes if label_map.lookup(c) is None]
     if unknown:
         raise UsageError(f"--classes: not in the {name} label map: {', '.join(unknown)}")
+    return {"dataset": name, "annotations": tuple(storage.normalize(a) for a in annotations),
+            "splits": tuple(splits), "labels": labels, "classes": tuple(classes)}
 
-    if any(step in steps for step in ("fetch",)) and m["source"] == "local" and not m["video_root"]:
+
+def _label_map(labels, dataset):
+    """The labels of --label-map (a path or URL, read) or of the dataset config (its lines)."""
+    if labels is None:
+        raise UsageError(f"dataset {dataset!r} has no label map: pass --label-map FILE")
+    where = labels if isinstance(labels, str) else f"of {dataset}"
+    if isinstance(labels, str):
+        try:
+            labels = storage.read_bytes(labels).decode("utf-8").splitlines()
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read label map {labels}: {e}") from None
+    return label_lines(labels, where)
+
+
+def check_outputs(m):
+    """The output group: --output given, --steps known, manifest and shard sizes. Returns the steps."""
+    if not m["output"]:
+        raise UsageError("no output: pass --output DIR_OR_URL")
+    steps = _as_list(m["steps"])
+    for step in steps:
+        if step not in STEPS:
+            raise UsageError(f"--steps: unknown step {step!r} (choose from {','.join(STEPS)})")
+    if m["manifest_file_records"] < 1:
+        raise UsageError("--manifest-file-records must be >= 1")
+    if m["shard_size_mb"] <= 0 or (m["clips_per_shard"] is not None and m["clips_per_shard"] < 1):
+        raise UsageError("--shard-size-mb must be > 0 and --clips-per-shard >= 1")
+    return steps
+
+
+def check_fetch(m, steps, layers, dataset):
+    """The fetch group: where `--source local` and `cvdf` get clips from (when the fetch step runs)
+    and the yt-dlp options, as FetchOptions checks them. Returns (video_root, cvdf_parts, FetchOptions)."""
+    if "fetch" in steps and m["source"] == "local" and not m["video_root"]:
         raise UsageError("--source local needs --video-root DIR_OR_URL")
     cvdf_parts = None
     if m["source"] == "cvdf" and "fetch" in steps:
         cvdf_parts = m["video_root"] or next((layer["cvdf_parts"] for layer in reversed(layers)
                                               if layer.get("cvdf_parts")), None)
         if not cvdf_parts:
-            raise UsageError(f"--source cvdf: {name} has no CVDF part lists; pass --video-root with "
+            raise UsageError(f"--source cvdf: {dataset} has no CVDF part lists; pass --video-root with "
                              "a folder of parts")
+    video_root = storage.normalize(m["video_root"]) if m["video_root"] else None
+    try:
+        fetch = FetchOptions(
+            url_template=m["url_template"], max_height=m["max_height"], pad=m["fetch_pad"],
+            cookies=storage.normalize(m["cookies"]) if m["cookies"] else None, proxy=m["proxy"],
+            ytdlp_opts=_ytdlp_opts(m["ytdlp_opt"]), fetch_rate=m["fetch_rate"], retries=m["retries"],
+            socket_timeout=m["socket_timeout"], clip_timeout=m["clip_timeout"],
+            bot_check_limit=m["bot_check_limit"])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return video_root, cvdf_parts, fetch
+
+
+def check_video(m):
+    """The video group: --min-duration-ratio, --frame-index-base, the frame size and the x264 and
+    resize numbers."""
+    if not 0 <= m["min_duration_ratio"] <= 1:
+        raise UsageError("--min-duration-ratio must be between 0 and 1")
     if m["frame_index_base"] not in (0, 1):
         raise UsageError("--frame-index-base must be 0 or 1")
     if bool(m["new_width"]) != bool(m["new_height"]):
@@ -431,34 +490,12 @@ def _settings(m, args, layers):
     for key in ("scale", "trim_crf", "crf", "new_short", "new_width", "new_height"):
         if m[key] < 0:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 0")
-    if m["manifest_file_records"] < 1:
-        raise UsageError("--manifest-file-records must be >= 1")
-    if m["shard_size_mb"] <= 0 or (m["clips_per_shard"] is not None and m["clips_per_shard"] < 1):
-        raise UsageError("--shard-size-mb must be > 0 and --clips-per-shard >= 1")
-    if m["scale"] < 2 or m["flow_bound"] <= 0:
+    if m["scale"] < 2:
         raise UsageError("--scale must be >= 2 and --flow-bound > 0")
-    video = {k: m[k] for k in ("source", "trim", "trim_preset", "trim_crf", "scale", "dense", "remove_dup",
-                               "upscale", "x264_preset", "crf", "new_short", "new_width", "new_height",
-                               "frame_index_base", "flow_algorithm", "flow_bound")}
-    video_root = storage.normalize(m["video_root"]) if m["video_root"] else None
-    try:
-        fetch = FetchOptions(
-            url_template=m["url_template"], max_height=m["max_height"], pad=m["fetch_pad"],
-            cookies=storage.normalize(m["cookies"]) if m["cookies"] else None, proxy=m["proxy"], ytdlp_opts=_ytdlp_opts(m["ytdlp_opt"]),
-            fetch_rate=m["fetch_rate"], retries=m["retries"], socket_timeout=m["socket_timeout"],
-            clip_timeout=m["clip_timeout"], bot_check_limit=m["bot_check_limit"])
-    except ValueError as e:
-        raise UsageError(str(e)) from None
 
-    return Settings(
-        **video, video_root=video_root, cvdf_parts=cvdf_parts, fetch=fetch,
-        flow_resource_hints=_resource_hints(m["flow_resource_hint"]),
-        shard_size_mb=m["shard_size_mb"], clips_per_shard=m["clips_per_shard"],
-        shard_frames=bool(m["shard_frames"]),
-        dataset=name, labels=labels, annotations=tuple(storage.normalize(a) for a in annotations),
-        output=storage.normalize(m["output"]), splits=tuple(splits), classes=tuple(classes),
-        limit=m["limit"], steps=tuple(steps), trim_format=m["trim_format"],
-        class_dirs=m["class_dirs"], flat=m["layout"] == "flat", verify=m["verify"],
-        min_duration_ratio=m["min_duration_ratio"], shuffle=bool(m["shuffle"]), seed=m["seed"],
-        filelist_format=m["filelist_format"], manifest_file_records=m["manifest_file_records"], redo=bool(m["redo"]), retry_unavailable=bool(m["retry_unavailable"]), progress_interval=max(10.0, m["progress_interval"]),
-        demo=any(layer.get("demo") for layer in layers), run_id=uuid.uuid4().hex)
+
+def check_flow(m):
+    """The flow group: --flow-bound and the flow stage's Beam resource hints. Returns the hints."""
+    if m["flow_bound"] <= 0:
+        raise UsageError("--scale must be >= 2 and --flow-bound > 0")
+    return _resource_hints(m["flow_resource_hint"])

@@ -28,6 +28,8 @@ import time
 import urllib.parse
 import urllib.request
 
+from transforms import compat
+
 YTDLP_PREFIX = "yt-dlp: "
 _PARTIAL_REFUSED = re.compile(r"cannot be partially downloaded|downloading the video partially", re.I)
 _FFMPEG_EXIT = re.compile(r"ffmpeg exited with code (-?\d+)", re.I)
@@ -248,7 +250,6 @@ def _proxied(params):
 def fetch(job):
     import yt_dlp
     from yt_dlp.postprocessor import PostProcessor
-    from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
     from yt_dlp.utils import download_range_func
 
     class NoteFormats(PostProcessor):
@@ -258,11 +259,10 @@ def fetch(job):
             urls[:] = [f.get("url") or "" for f in info.get("requested_formats") or [info]]
             return [], info
 
-    location = getattr(FFmpegPostProcessor, "_ffmpeg_location", None)
-    if location is not None and job["params"].get("ffmpeg_location"):
+    if job["params"].get("ffmpeg_location"):
         # yt-dlp chooses its ffmpeg downloader for ranges by probing PATH unless this is set, as its CLI
         # does (yt-dlp #2191); without it, a ranged fetch falls back to a full download
-        location.set(job["params"]["ffmpeg_location"])
+        compat.set_ytdlp_ffmpeg_location(job["params"]["ffmpeg_location"])
     params, timeout = dict(job["params"]), job.get("socket_timeout") or job["params"].get("socket_timeout") or 30
     args = dict(params.get("external_downloader_args") or {})
     ffmpeg_i = list(args.get("ffmpeg_i", []))

@@ -22,6 +22,8 @@ import uuid
 
 import fsspec
 
+from transforms import compat
+
 OBJECT_STORES = {"gs", "gcs", "s3", "s3a", "az", "abfs", "memory"}
 TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 TREE_PREFIXES = ("videos_", "rawframes_")  # per-clip outputs: {top}/{class}/{clip}... ({top}/{clip} flat)
@@ -83,7 +85,7 @@ def normalize(url):
     Works on the string alone: making a gcsfs instance would search for credentials.
     """
     cls = fsspec.get_filesystem_class(protocol(url))
-    path = cls._strip_protocol(url)
+    path = compat.strip_protocol(cls, url)
     if is_local(url):
         return os.path.abspath(path)
     if "://" in path:
@@ -237,8 +239,7 @@ def open_input(url):
 
 def gcs_endpoint():
     """(host, port) gcsfs sends gs:// requests to: STORAGE_EMULATOR_HOST, else Google's."""
-    from gcsfs.core import _location
-    parts = urllib.parse.urlsplit(_location())
+    parts = urllib.parse.urlsplit(compat.gcs_location())
     return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 

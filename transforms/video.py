@@ -513,12 +513,53 @@ def _plan(container, vs, whole, opts):
     return "encode"
 
 
+@dataclasses.dataclass(frozen=True)
+class VideoResult:
+    """What one decode of a segment made: facts for the record and the local files.
+
+    `files` {kind: local path} holds the outputs made (video, resized, rgb); the resized_* and
+    frame_size/rgb_frames facts are there exactly when the resized clip and the RGB frames were
+    made. `seconds` is {step: seconds} (trim, resize, rgb, decode), rounded to ms.
+    """
+    frames: int
+    width: int
+    height: int
+    duration: float
+    fps: float | None
+    files: dict
+    seconds: dict
+    resized_size: tuple | None = None
+    resized_frames: int | None = None
+    frame_size: tuple | None = None
+    rgb_frames: int | None = None
+
+    def as_dict(self):
+        """The dict `process` returns (and the record takes), keys in their record order."""
+        out = {"frames": self.frames, "width": self.width, "height": self.height, "duration": self.duration,
+               "fps": self.fps}
+        if self.resized_size is not None:
+            out["resized_size"] = list(self.resized_size)
+            out["resized_frames"] = self.resized_frames
+        if self.frame_size is not None:
+            out["frame_size"] = list(self.frame_size)
+            out["rgb_frames"] = self.rgb_frames
+        out["seconds"] = dict(self.seconds)
+        out["files"] = dict(self.files)
+        return out
+
+
 def process(segment, want, opts, workdir):
     """Decode `segment` once and write the outputs in `want` (video, resized, rgb) under workdir.
 
-    Returns {"files": {kind: local path}, facts for the record...}; raises VideoError for a clip
-    that is corrupt, short or absent, leaving whatever it wrote for the caller to delete.
+    Returns {"files": {kind: local path}, facts for the record...} (`process_segment(...).as_dict()`);
+    raises VideoError for a clip that is corrupt, short or absent, leaving whatever it wrote for
+    the caller to delete.
     """
+    return process_segment(segment, want, opts, workdir).as_dict()
+
+
+def process_segment(segment, want, opts, workdir):
+    """As `process`, the result as a VideoResult."""
     try:
         return _process(segment, set(want), opts, workdir)
     except av.error.FileNotFoundError:
@@ -532,117 +573,206 @@ def process(segment, want, opts, workdir):
 def _process(segment, want, opts, workdir):
     started = time.perf_counter()
     with av.open(segment.path, metadata_errors="ignore") as container:
-        container.flags &= ~av.container.Flags.gen_pts.value  # as the ffmpeg CLI: no guessed pts
-        if not container.streams.video:
-            raise VideoError("corrupt", "no video stream")
-        vs = container.streams.video[0]
-        vs.codec_context.thread_count = 1
-        audio = container.streams.audio[0] if container.streams.audio else None
-        t0 = Fraction(container.start_time or 0, 1_000_000)
-        a, b = Fraction(segment.start).limit_denominator(10**6), Fraction(segment.end).limit_denominator(10**6)
-        whole = _is_whole(container, vs, segment)
-        mode = _plan(container, vs, whole, opts) if "video" in want else None
-        shift = int(round((a + t0) / vs.time_base))
-        files = {}
-        trimmed = resized = frames = None
-        if mode:
-            files["video"] = os.path.join(workdir, "video.mp4")
-            trimmed = _Trimmed(files["video"], vs, audio, opts, mode, (a, b, t0))
-        writers = [trimmed] if trimmed else []
-        decimate = Decimate() if opts.remove_dup else None
-        first = last = None
-        count = kept = decoded = 0
-        rate = frame_rate(vs)
-        timestamp = BestEffort(max(1, round(1 / (rate * vs.time_base))) if rate else 1)
-        rotation = 0
-        streams = [vs] + ([audio] if audio is not None and trimmed is not None else [])
-        past = _PastEnd(None if whole else b, audio is not None and trimmed is not None, mode == "copy")
-        try:
-            for packet in container.demux(*streams):
-                if packet.stream.type == "audio":
-                    trimmed.audio_packet(packet)
-                    past.audio(packet, t0)
-                    if past.done(trimmed):
-                        break
-                    continue
-                if mode in ("remux", "copy") and packet.dts is not None:
-                    trimmed.video_packet(packet)
-                if packet.dts is not None:
-                    timestamp.saw(packet)
-                for frame in packet.decode():
-                    decoded += 1
-                    pts = timestamp(frame)
-                    t = Fraction(pts) * vs.time_base - t0
-                    if t < a - EPS or (not whole and t >= b - EPS):
-                        past.video(t)
-                        continue
-                    if first is None:
-                        first = t
-                        rotation = frame.rotation or 0
-                        if trimmed:
-                            trimmed.set_rotation(rotation)
-                        dw, dh = (vs.codec_context.height, vs.codec_context.width) if _rotated(rotation) \
-                            else (vs.codec_context.width, vs.codec_context.height)
-                        if "resized" in want:
-                            files["resized"] = os.path.join(workdir, "resized.mp4")
-                            rw, rh = scaled_size(dw, dh, opts.scale, opts.upscale)
-                            sar = _sar(vs)
-                            if sar is not None:
-                                sar = (1 / sar if _rotated(rotation) else sar) * Fraction(rh * dw, rw * dh)
-                            resized = _Resized(files["resized"], rw, rh, sar, vs, opts, rotation)
-                            writers.append(resized)
-                        if "rgb" in want:
-                            files["rgb"] = os.path.join(workdir, "rgb")
-                            frames = _Frames(files["rgb"], *frame_size(dw, dh, opts), opts, rotation)
-                    last = t
-                    count += 1
-                    if decimate is None or decimate.keep(*planes(frame, rotation)):
-                        kept += 1
-                        if resized:
-                            resized.frame(frame, pts - shift)
-                        if frames:
-                            frames.frame(frame)
-                    if mode == "encode":
-                        trimmed.frame(frame, pts - shift)
+        source = _open_source(container, segment, want, opts)
+        writers = _Writers(source, want, opts, workdir)
+        decoded = _decode(source, writers, opts)
+        return _summary(source, decoded, writers, opts, started)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """An open source and the segment in its terms: [a, b) in seconds from its first timestamp t0
+    (exact fractions), whether it already is the clip, how the trimmed clip is made (None: not
+    asked for), its frame rate and the pts shift that puts the segment's start at 0."""
+    container: object
+    vs: object
+    audio: object
+    t0: Fraction
+    a: Fraction
+    b: Fraction
+    whole: bool
+    mode: str | None
+    rate: object
+    shift: int
+
+
+def _open_source(container, segment, want, opts):
+    container.flags &= ~av.container.Flags.gen_pts.value  # as the ffmpeg CLI: no guessed pts
+    if not container.streams.video:
+        raise VideoError("corrupt", "no video stream")
+    vs = container.streams.video[0]
+    vs.codec_context.thread_count = 1
+    audio = container.streams.audio[0] if container.streams.audio else None
+    t0 = Fraction(container.start_time or 0, 1_000_000)
+    a, b = Fraction(segment.start).limit_denominator(10**6), Fraction(segment.end).limit_denominator(10**6)
+    whole = _is_whole(container, vs, segment)
+    mode = _plan(container, vs, whole, opts) if "video" in want else None
+    shift = int(round((a + t0) / vs.time_base))
+    return _Source(container, vs, audio, t0, a, b, whole, mode, frame_rate(vs), shift)
+
+
+def displayed(width, height, rotation):
+    """(width, height) of a coded width x height picture as displayed with `rotation` degrees."""
+    return (height, width) if _rotated(rotation) else (width, height)
+
+
+def resized_sar(sar, rotation, displayed_size, resized_size):
+    """The resized clip's sample aspect ratio: the source's (None: none, and none is written), turned
+    with the picture, times the change of shape scaling makes, so that the display aspect is kept."""
+    if sar is None:
+        return None
+    (dw, dh), (rw, rh) = displayed_size, resized_size
+    return (1 / sar if _rotated(rotation) else sar) * Fraction(rh * dw, rw * dh)
+
+
+class _Writers:
+    """The outputs asked for. The trimmed clip is opened at once (how it is made is known from the
+    source); the resized clip and the frames at the first frame of the segment, whose rotation
+    fixes their sizes. `files` {kind: local path} of the outputs opened."""
+
+    def __init__(self, source, want, opts, workdir):
+        self.source, self.want, self.opts, self.workdir = source, want, opts, workdir
+        self.files = {}
+        self.trimmed = self.resized = self.frames = None
+        if source.mode:
+            self.files["video"] = os.path.join(workdir, "video.mp4")
+            self.trimmed = _Trimmed(self.files["video"], source.vs, source.audio, opts, source.mode,
+                                    (source.a, source.b, source.t0))
+
+    def start(self, rotation):
+        """At the segment's first frame, displayed with `rotation`: open the resized clip and frames."""
+        vs, opts = self.source.vs, self.opts
+        if self.trimmed:
+            self.trimmed.set_rotation(rotation)
+        dw, dh = displayed(vs.codec_context.width, vs.codec_context.height, rotation)
+        if "resized" in self.want:
+            self.files["resized"] = os.path.join(self.workdir, "resized.mp4")
+            rw, rh = scaled_size(dw, dh, opts.scale, opts.upscale)
+            sar = resized_sar(_sar(vs), rotation, (dw, dh), (rw, rh))
+            self.resized = _Resized(self.files["resized"], rw, rh, sar, vs, opts, rotation)
+        if "rgb" in self.want:
+            self.files["rgb"] = os.path.join(self.workdir, "rgb")
+            self.frames = _Frames(self.files["rgb"], *frame_size(dw, dh, opts), opts, rotation)
+
+    def frame(self, frame, pts, kept):
+        """One frame of the segment at `pts` (source time base); `kept`: not a dropped duplicate."""
+        shifted = pts - self.source.shift
+        if kept:
+            if self.resized:
+                self.resized.frame(frame, shifted)
+            if self.frames:
+                self.frames.frame(frame)
+        if self.source.mode == "encode":
+            self.trimmed.frame(frame, shifted)
+
+    def _closing(self):
+        return [w for w in (self.trimmed, self.resized) if w]
+
+    def close(self):
+        for writer in self._closing():
+            writer.close()
+
+    def close_quietly(self):
+        _close_quietly(self._closing())
+
+
+@dataclasses.dataclass
+class Decoded:
+    """What the decode loop saw: frames in the segment (`count`), frames decoded in all, the
+    segment's first and last frame times (s) and the rotation of its first frame."""
+    count: int = 0
+    decoded: int = 0
+    first: Fraction | None = None
+    last: Fraction | None = None
+    rotation: int = 0
+
+
+def _decode(source, writers, opts):
+    """Demux and decode until the segment is past (see _PastEnd), feeding the writers; closes them.
+    A decode error part-way is `corrupt`, naming how far it got."""
+    vs, t0, a, b, mode, trimmed = source.vs, source.t0, source.a, source.b, source.mode, writers.trimmed
+    got = Decoded()
+    decimate = Decimate() if opts.remove_dup else None
+    timestamp = BestEffort(max(1, round(1 / (source.rate * vs.time_base))) if source.rate else 1)
+    with_audio = source.audio is not None and trimmed is not None
+    streams = [vs] + ([source.audio] if with_audio else [])
+    past = _PastEnd(None if source.whole else b, with_audio, mode == "copy")
+    try:
+        for packet in source.container.demux(*streams):
+            if packet.stream.type == "audio":
+                trimmed.audio_packet(packet)
+                past.audio(packet, t0)
                 if past.done(trimmed):
                     break
-        except av.error.FFmpegError as e:
-            _close_quietly(writers)
-            at = f" at {float(last):.2f} s" if last is not None else ""
-            raise VideoError("corrupt", f"decode error after {decoded} frames{at}: {e}") from None
-        except BaseException:
-            _close_quietly(writers)
-            raise
-        for writer in writers:
-            writer.close()
-        if count == 0:
-            if decoded == 0:
-                raise VideoError("corrupt", "no decodable video frame")
-            raise VideoError("short", f"no frame in [{float(a):g}, {float(b):g}) s of the source")
-        step = 1 / Fraction(rate) if rate else Fraction(0)
-        covered = float(last - first + step)
-        wanted = float(b - a)
-        if covered < opts.min_duration_ratio * wanted:
-            raise VideoError("short", f"{covered:.2f} s of {wanted:g} s annotated")
-        dw, dh = (vs.codec_context.height, vs.codec_context.width) if _rotated(rotation) \
-            else (vs.codec_context.width, vs.codec_context.height)
-        facts = {"frames": count, "width": dw, "height": dh, "duration": round(covered, 3),
-                 "fps": round(float(rate), 3) if rate else None}
-        seconds = {}
-        if trimmed:
-            seconds["trim"] = trimmed.timer.seconds
-        if resized:
-            facts["resized_size"] = list(resized.size)
-            facts["resized_frames"] = resized.frames
-            seconds["resize"] = resized.timer.seconds
-        if frames:
-            facts["frame_size"] = list(frames.size)
-            facts["rgb_frames"] = frames.count
-            seconds["rgb"] = frames.timer.seconds
-        seconds["decode"] = time.perf_counter() - started - sum(seconds.values())
-        facts["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-        facts["files"] = files
-        return facts
+                continue
+            if mode in ("remux", "copy") and packet.dts is not None:
+                trimmed.video_packet(packet)
+            if packet.dts is not None:
+                timestamp.saw(packet)
+            for frame in packet.decode():
+                got.decoded += 1
+                pts = timestamp(frame)
+                t = Fraction(pts) * vs.time_base - t0
+                if t < a - EPS or (not source.whole and t >= b - EPS):
+                    past.video(t)
+                    continue
+                if got.first is None:
+                    got.first, got.rotation = t, frame.rotation or 0
+                    writers.start(got.rotation)
+                got.last = t
+                got.count += 1
+                kept = decimate is None or decimate.keep(*planes(frame, got.rotation))
+                writers.frame(frame, pts, kept)
+            if past.done(trimmed):
+                break
+    except av.error.FFmpegError as e:
+        writers.close_quietly()
+        at = f" at {float(got.last):.2f} s" if got.last is not None else ""
+        raise VideoError("corrupt", f"decode error after {got.decoded} frames{at}: {e}") from None
+    except BaseException:
+        writers.close_quietly()
+        raise
+    writers.close()
+    return got
+
+
+def covered_seconds(decoded, a, b, rate, min_ratio):
+    """The seconds the segment's frames cover (first to last frame, plus one frame's duration at
+    `rate`) once the loop has seen `decoded` (Decoded) for [a, b); VideoError when no frame lies
+    in it (`corrupt` when none decoded at all) or they cover less than `min_ratio` of it (`short`)."""
+    if decoded.count == 0:
+        if decoded.decoded == 0:
+            raise VideoError("corrupt", "no decodable video frame")
+        raise VideoError("short", f"no frame in [{float(a):g}, {float(b):g}) s of the source")
+    step = 1 / Fraction(rate) if rate else Fraction(0)
+    covered = float(decoded.last - decoded.first + step)
+    wanted = float(b - a)
+    if covered < min_ratio * wanted:
+        raise VideoError("short", f"{covered:.2f} s of {wanted:g} s annotated")
+    return covered
+
+
+def _summary(source, decoded, writers, opts, started):
+    """The VideoResult of a finished decode (the checks of covered_seconds first); `started` is
+    when the decode began (perf_counter), the writers' own time is taken off it for `decode`."""
+    covered = covered_seconds(decoded, source.a, source.b, source.rate, opts.min_duration_ratio)
+    cc, rate = source.vs.codec_context, source.rate
+    dw, dh = displayed(cc.width, cc.height, decoded.rotation)
+    trimmed, resized, frames = writers.trimmed, writers.resized, writers.frames
+    seconds = {}
+    if trimmed:
+        seconds["trim"] = trimmed.timer.seconds
+    if resized:
+        seconds["resize"] = resized.timer.seconds
+    if frames:
+        seconds["rgb"] = frames.timer.seconds
+    seconds["decode"] = time.perf_counter() - started - sum(seconds.values())
+    return VideoResult(
+        frames=decoded.count, width=dw, height=dh, duration=round(covered, 3),
+        fps=round(float(rate), 3) if rate else None, files=writers.files,
+        seconds={k: round(v, 3) for k, v in seconds.items()},
+        resized_size=tuple(resized.size) if resized else None, resized_frames=resized.frames if resized else None,
+        frame_size=tuple(frames.size) if frames else None, rgb_frames=frames.count if frames else None)
 
 
 def display_size(path):
@@ -650,7 +780,7 @@ def display_size(path):
     with av.open(path) as container:
         container.streams.video[0].codec_context.thread_count = 1
         frame = next(container.decode(video=0))
-        return (frame.height, frame.width) if _rotated(frame.rotation or 0) else (frame.width, frame.height)
+        return displayed(frame.width, frame.height, frame.rotation or 0)
 
 
 def _close_quietly(writers):
