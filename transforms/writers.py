@@ -209,18 +209,23 @@ def remove_stale_lists(written, settings):
             storage.remove(storage.join(settings.output, name))
 
 
+def split_counts(parts):
+    """{split: Counter of statuses} over manifest parts (a split whose parts are empty: {})."""
+    counts = collections.defaultdict(collections.Counter)
+    for part in parts:
+        counts[part["split"]].update(part["counts"])
+    return counts
+
+
 def write_run(_, parts, lists, failures, plans, settings, label_map_text):
     """failures.csv, summary.json and label_map.txt; empty manifests for requested splits without
     records; drop manifests and the requested splits' file lists that this run did not write.
     Refuses (IncompleteRun) when the records that came are not one per planned row."""
     out = settings.output
-    counts = collections.defaultdict(collections.Counter)
-    for part in parts:
-        counts[part["split"]].update(part["counts"])
-    check_complete(counts, plans)
+    check_complete(split_counts(parts), plans)
     parts = list(parts) + empty_parts(parts, settings)
     storage.write_bytes(storage.join(out, "failures.csv"), failures_csv(data for _, data in sorted(failures)))
-    result = summary(counts)
+    result = summary(split_counts(parts))
     storage.write_text(storage.join(out, "summary.json"), json.dumps(result, indent=2) + "\n")
     storage.write_text(storage.join(out, "label_map.txt"), label_map_text)
     keep = {storage.join(out, p["manifest"]) for p in parts}
