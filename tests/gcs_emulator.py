@@ -48,7 +48,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def _wait(proc, url, timeout=30):
+def _wait(proc, url, timeout=180):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -40,7 +40,7 @@ def fetcher(server, source):
     def make(youtube_id=ID, *plan, then=None, **options):
         server.add(youtube_id, source)
         server.plan(youtube_id, *plan, then=then)
-        settings = dict(url_template=server.url_template(), socket_timeout=5, clip_timeout=20,
+        settings = dict(url_template=server.url_template(), socket_timeout=5, clip_timeout=60,
                         retries=2, backoff_base=0.05, backoff_cap=5)
         return fetch.Fetcher(fetch.FetchOptions(**{**settings, **options}), worker=fetch.WorkerState())
     return make
@@ -241,7 +241,7 @@ def test_truncated_full_download_is_a_network_failure(fetcher, tmp_path):
 def test_slow_trickle_within_the_timeout_succeeds(fetcher, server, source, tmp_path):
     # a steady 100 kB/s stream is never idle for the 1 s socket timeout, so it finishes
     began = time.monotonic()
-    result = fetcher(ID, then=fs.trickle(100_000), socket_timeout=1, clip_timeout=15).fetch(ID, 1, 11, str(tmp_path))
+    result = fetcher(ID, then=fs.trickle(100_000), socket_timeout=1, clip_timeout=60).fetch(ID, 1, 11, str(tmp_path))
     assert result.segment and result.attempts == 1
     assert time.monotonic() - began > result.bytes_fetched / 100_000
 
@@ -286,7 +286,7 @@ def test_invalid_id_raises_before_any_request(fetcher, server, tmp_path):
 
 
 def test_interrupted_fetch_kills_its_worker_group(fetcher, server, tmp_path):
-    f = fetcher(ID, then=fs.STALL, socket_timeout=60, clip_timeout=30)
+    f = fetcher(ID, then=fs.STALL, socket_timeout=300, clip_timeout=240)
     seen = {}
 
     def interrupt_once_ffmpeg_waits():
@@ -308,7 +308,7 @@ def test_worker_dies_with_the_process_that_started_it(server, source, tmp_path):
     server.add(ID, source)
     server.plan(ID, then=fs.STALL)
     script = ("import sys\nfrom transforms import fetch\n"
-              "options = fetch.FetchOptions(url_template=sys.argv[1], socket_timeout=60, clip_timeout=60,"
+              "options = fetch.FetchOptions(url_template=sys.argv[1], socket_timeout=300, clip_timeout=300,"
               " cache_dir=sys.argv[3] + '/cache')\n"  # a SIGKILL skips the removal of a default one
               "fetch.Fetcher(options).fetch(sys.argv[2], 20, 30, sys.argv[3])\n")
     parent = subprocess.Popen([sys.executable, "-c", script, server.url_template(), ID, str(tmp_path)], cwd=ROOT,
@@ -329,7 +329,7 @@ def test_worker_dies_with_the_process_that_started_it(server, source, tmp_path):
         _kill_group(group)
 
 
-def _wait_for_ffmpeg_in_worker_group(parent_pid, timeout=60):
+def _wait_for_ffmpeg_in_worker_group(parent_pid, timeout=180):
     """The process group of `parent_pid`'s fetch worker once ffmpeg runs in it; None if not in time."""
     for _ in range(int(timeout / 0.05)):
         for pid, (ppid, _, _) in _processes().items():

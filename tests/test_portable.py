@@ -15,7 +15,7 @@ from gcs_emulator import free_port
 from test_gcs import assert_same_outputs, demo_args, demo_dir  # noqa: F401  (fixture)
 
 
-def _wait_for_port(proc, port, log, timeout=60):
+def _wait_for_port(proc, port, log, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
