@@ -175,14 +175,14 @@ def test_sorted_runs_through_storage_merge_in_key_order(tmp_path):
     rng = random.Random(3)
     keys = list(range(2000))
     rng.shuffle(keys)
-    elements = [(k % 3, ([k // 7, f"c{k}"], {"n": k, "text": "é" * (k % 5)})) for k in keys]
+    elements = [(k % 3, ([k // 7, f"c{k}"], {"n": k, "text": "é\u2028\x1c\x85\r" * (k % 5)})) for k in keys]
     out = tmp_path / "out"
     folder = runs.runs_dir(str(out), "r1")
     with beam.Pipeline() as p:
         pieces = (p | beam.Create(elements)
                   | beam.ParDo(runs.WriteRuns(folder, lambda payload: len(payload["text"]) + 40, flush_bytes=20000))
                   | beam.GroupByKey()
-                  | beam.Map(lambda g: (g[0], [payload["n"] for _, payload in runs.merged(g[1])], len(g[1]))))
+                  | beam.Map(lambda g: (g[0], [(payload["n"], payload["text"]) for _, payload in runs.merged(g[1])], len(g[1]))))
         beam.testing.util.assert_that(pieces, check_groups)
     files = list((out / "_runs" / "r1").iterdir())
     assert len(files) >= 2000 * 104 // 20000, files  # a file per flush
@@ -194,7 +194,7 @@ def check_groups(groups):
     assert sorted(g for g, _, _ in groups) == [0, 1, 2]
     for group, ns, pieces in groups:
         expected = sorted((k for k in range(2000) if k % 3 == group), key=lambda k: [k // 7, f"c{k}"])
-        assert ns == expected and pieces > 1
+        assert ns == [(k, "é\u2028\x1c\x85\r" * (k % 5)) for k in expected] and pieces > 1
 
 
 @pytest.mark.parametrize("extra", [("--steps", "filelists"), ("--steps", "fetch,resize,rgb,flow,shards,filelists", "--source", "local",

@@ -76,7 +76,8 @@ class WriteRuns(beam.DoFn):
 def read_piece(piece):
     """[key, payload] pairs of one piece, in key order."""
     url, offset, length = piece
-    return [json.loads(line) for line in storage.read_range(url, offset, length).decode("utf-8").splitlines()]
+    data = storage.read_range(url, offset, length)
+    return [json.loads(line) for line in data.split(b"\n") if line]  # not splitlines(): U+2028 is no line end here
 
 
 def merged(pieces):
