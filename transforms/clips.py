@@ -18,7 +18,7 @@ from transforms.fetch import FetchError, Fetcher, source_url, windows
 from transforms.flow import grey_frames, write_flow
 from transforms.layout import Layout
 from transforms.ledger import Ledger, is_complete
-from transforms.records import CORRUPT, EXISTS, FAILED, GOOD, MISSING, OK, Clip
+from transforms.records import CORRUPT, EXISTS, FAILED, GOOD, MISSING, OK, ClipRecord
 from transforms.sources import Found, find_local, materialize, write_member
 from transforms.video import Segment, VideoError, VideoOptions, display_size, frame_size, probe, process
 
@@ -83,7 +83,7 @@ def trusted_video(prev, clip, settings):
 
 def refreshed(prev, clip, status):
     """An earlier record under this run's annotation: label, index, order and times from `clip`."""
-    return dict(prev, **clip.record(status, prev.get("reason", "")))
+    return ClipRecord.from_dict(prev).refreshed(clip, status)
 
 
 def count_frames(layout, clip):
@@ -121,10 +121,9 @@ def existing_outputs(clip, settings, prev=None):
         outputs["flow"] = layout.rawframes(clip)
         fields["flow_frames"] = flow
     if not outputs:
-        return clip.record(MISSING, "; ".join(notes))
-    earlier = dict(prev) if prev and prev["status"] in GOOD else {}
-    earlier.pop("params", None)
-    return dict(earlier, **clip.record(EXISTS, "; ".join(notes), outputs=outputs, verified=settings.verify, **fields))
+        return ClipRecord.of(clip, MISSING, "; ".join(notes))
+    earlier = ClipRecord.from_dict(prev) if prev else None
+    return ClipRecord.in_tree(clip, earlier, "; ".join(notes), outputs, settings.verify, fields)
 
 
 def kept_outputs(prev, expected, params):
@@ -209,34 +208,32 @@ def process_clip(clip, settings, source=None, prev=None, payload=None):
             fetched = time.perf_counter() - started
             result = process(segment, todo, video_options(settings), work)
         except VideoError as e:
-            return clip.record(e.status, e.reason)
-        record = dict(prev) if have else {}
-        outputs, sizes = dict(have), dict(record.get("sizes") or {})
-        params = {k: v for k, v in (record.get("params") or {}).items() if k in have}
+            return ClipRecord.of(clip, e.status, e.reason)
+        kept = ClipRecord.from_dict(prev) if have else None
+        outputs, sizes = dict(have), dict(kept.sizes if kept else {})
+        params = {k: v for k, v in (kept.params if kept else {}).items() if k in have}
         for kind, local in result.pop("files").items():
             sizes[kind] = publish(kind, local, layout.url(expected[kind]))
             outputs[kind] = expected[kind]
             params[kind] = output_params(settings)[kind]
     seconds = {"fetch": round(fetched, 3), **result.pop("seconds")}
-    record.update(clip.record(OK, "", source=name, outputs=outputs, sizes=sizes, params=params, seconds=seconds,
-                              **result))
-    return record
+    return ClipRecord.made(clip, kept, name, outputs, sizes, params, seconds, result)
 
 
 def flow_source(record, settings, layout, work):
     """(relative path, local copy, frame size) of the clip flow is computed from: the resized clip,
     unless the frames are larger than it (--new-short 0 or above --scale) and the trimmed clip exists."""
-    outputs = record.get("outputs") or {}
+    outputs = record.outputs
     source = outputs.get("resized") or outputs.get("video")
     path = materialize(layout.url(source), work, "flow-source")
     size = record.get("frame_size")
     if size is None:
-        shown = (record["width"], record["height"]) if record.get("width") else display_size(path)
+        shown = (record.get("width"), record.get("height")) if record.get("width") else display_size(path)
         size = frame_size(*shown, video_options(settings))
     if source != outputs.get("resized"):
         return source, path, size
     small = record.get("resized_size") or display_size(path)
-    trimmed = outputs.get("video") or layout.video(Clip.from_record(record))
+    trimmed = outputs.get("video") or layout.video(record.clip())
     if (size[0] > small[0] or size[1] > small[1]) and storage.exists(layout.url(trimmed)):
         return trimmed, materialize(layout.url(trimmed), work, "flow-trimmed"), size
     return source, path, size
@@ -244,15 +241,16 @@ def flow_source(record, settings, layout, work):
 
 def add_flow(record, settings):
     """Optical flow for a finished clip, from its resized clip, else (or when that is smaller than
-    the frames) its trimmed clip; the record's flow_source says which."""
-    expected = expected_outputs(Clip.from_record(record), settings)
-    outputs = record.get("outputs") or {}
+    the frames) its trimmed clip; the record's flow_source says which. `record` itself when there
+    is nothing to add."""
+    expected = expected_outputs(record.clip(), settings)
+    outputs = record.outputs
     params = output_params(settings)
-    if "flow" not in expected or record["status"] not in GOOD or "flow" in kept_outputs(record, expected, params):
+    if "flow" not in expected or not record.good or "flow" in kept_outputs(record.to_dict(), expected, params):
         return record
     layout = layout_for(settings)
     if not (outputs.get("resized") or outputs.get("video")):
-        return dict(record, status=MISSING, reason="flow: no video to compute it from")
+        return record.with_status(MISSING, "flow: no video to compute it from")
     started = time.perf_counter()
     with storage.local_staging() as work:
         source, path, size = flow_source(record, settings, layout, work)
@@ -261,12 +259,10 @@ def add_flow(record, settings):
             pairs, _ = write_flow(frames, os.path.join(work, "flow"), algorithm=settings.flow_algorithm,
                                   bound=settings.flow_bound, index_base=settings.frame_index_base)
         except av.error.FFmpegError as e:
-            return dict(record, status=CORRUPT, reason=f"flow: cannot decode {source}: {e}")
+            return record.with_status(CORRUPT, f"flow: cannot decode {source}: {e}")
         written = publish("flow", os.path.join(work, "flow"), layout.url(expected["flow"]))
-    seconds = dict(record.get("seconds") or {}, flow=round(time.perf_counter() - started, 3))
-    return dict(record, status=OK, outputs=dict(outputs, flow=expected["flow"]), flow_frames=pairs,
-                flow_source=source, frame_size=list(size), sizes=dict(record.get("sizes") or {}, flow=written),
-                params=dict(record.get("params") or {}, flow=params["flow"]), seconds=seconds)
+    return record.with_flow(expected["flow"], pairs, source, size, written, params["flow"],
+                            round(time.perf_counter() - started, 3))
 
 
 def count(record, settings, skipped=False):
@@ -288,7 +284,7 @@ class CheckLedger(beam.DoFn):
     def process(self, clip):
         prev = None if self.settings.redo else self.ledger.read(clip.key)
         if complete(prev, clip, self.settings):
-            record = refreshed(prev, clip, EXISTS if prev["status"] == OK else prev["status"])
+            record = refreshed(prev, clip, EXISTS if prev["status"] == OK else prev["status"]).to_dict()
             count(record, self.settings, skipped=True)
             yield record
         else:
@@ -310,10 +306,10 @@ class _Recording(beam.DoFn):
         tally.flush(self.settings)
 
     def finish(self, record, started, last_step):
-        seconds = dict(record.get("seconds") or {})
-        seconds["total"] = round(seconds.get("total", 0) + time.perf_counter() - started, 3)
-        record = dict(record, seconds=seconds, run_id=self.settings.run_id)
+        """The ClipRecord as the ledger keeps it, written there; returns its dict."""
+        record = record.finished(time.perf_counter() - started, self.settings.run_id)
         self.ledger.write(record)
+        record = record.to_dict()
         if last_step:
             count(record, self.settings)
         return record
@@ -336,12 +332,10 @@ class ProcessClips(_Recording):
         try:
             record = process_clip(clip, self.settings, source, prev, payload)
         except Exception as e:  # noqa: BLE001 - one clip's bug must not stop the run
-            record = clip.record(FAILED, f"{type(e).__name__}: {e}")
+            record = ClipRecord.of(clip, FAILED, f"{type(e).__name__}: {e}")
         if fetched:
-            fields = dict(fetched)
-            seconds = dict(record.get("seconds") or {}, fetch=fields.pop("seconds"))
-            record.update(fields, seconds=seconds)
-        flow_pending = "flow" in self.settings.steps and record["status"] in GOOD
+            record = record.with_fetch(**fetched)
+        flow_pending = "flow" in self.settings.steps and record.good
         return self.finish(record, started, not flow_pending)
 
 
@@ -375,24 +369,18 @@ class FetchClips(ProcessClips):
                 yield self.finish(self.fetch_failure(clip, e), started, True)
             return
         url = source_url(self.settings.fetch.url_template, youtube_id)
-        shared = {"format_id": result.format_id, "ytdlp_version": result.ytdlp_version,
-                  "attempts": result.attempts, "fetch_window": [window.start, window.end],
-                  "fetch_segment": result.segment,
-                  "fetch_range": list(result.fetch_range) if result.fetch_range else None,
-                  "seconds": round(time.perf_counter() - started, 3)}
+        shared = {"result": result, "window": window, "seconds": round(time.perf_counter() - started, 3)}
         source = functools.partial(fetched_segment, result, url)
         for i, (clip, prev) in enumerate(members):
-            fetched = dict(shared, bytes_fetched=result.bytes_fetched if i == 0 else 0)
-            if i:
-                fetched["fetched_with"] = members[0][0].clip_id
+            fetched = dict(shared, bytes_fetched=result.bytes_fetched if i == 0 else 0,
+                           fetched_with=members[0][0].clip_id if i else None)
             yield self.run(clip, prev, source, fetched=fetched)
 
     @staticmethod
     def fetch_failure(clip, error):
         if isinstance(error, FetchError):
-            return clip.record(error.status, error.reason, attempts=error.attempts,
-                               **({"permanent": True} if error.permanent else {}))
-        return clip.record(FAILED, f"{type(error).__name__}: {error}")
+            return ClipRecord.fetch_failed(clip, error.status, error.reason, error.attempts, error.permanent)
+        return ClipRecord.of(clip, FAILED, f"{type(error).__name__}: {error}")
 
 
 class ComputeFlow(_Recording):
@@ -400,11 +388,12 @@ class ComputeFlow(_Recording):
 
     def process(self, record):
         started = time.perf_counter()
+        given = ClipRecord.from_dict(record)
         try:
-            updated = add_flow(record, self.settings)
+            updated = add_flow(given, self.settings)
         except Exception as e:  # noqa: BLE001
-            updated = dict(record, status=FAILED, reason=f"flow: {type(e).__name__}: {e}")
-        if updated is record:
+            updated = given.with_status(FAILED, f"flow: {type(e).__name__}: {e}")
+        if updated is given:
             count(record, self.settings)
             yield record
         else:
