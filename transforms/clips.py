@@ -16,7 +16,7 @@ from apache_beam.metrics import Metrics
 from transforms import storage, tally
 from transforms.fetch import FetchError, Fetcher, source_url, windows
 from transforms.flow import grey_frames, write_flow
-from transforms.layout import Layout
+from transforms.layout import PREFIXES, Layout, frame_counts
 from transforms.ledger import Ledger, is_complete
 from transforms.records import CORRUPT, EXISTS, FAILED, GOOD, MISSING, OK, ClipRecord
 from transforms.sources import Found, find_local, materialize, write_member
@@ -24,7 +24,6 @@ from transforms.video import Segment, VideoError, VideoOptions, display_size, fr
 
 STEP_KINDS = (("fetch", "video"), ("resize", "resized"), ("rgb", "rgb"), ("flow", "flow"))
 DECODED_KINDS = ("video", "resized", "rgb")
-PREFIXES = {"rgb": ("img_",), "flow": ("flow_x_", "flow_y_")}
 VERIFY_LEVELS = {"probe": 0, "full": 1}  # records of videos this pipeline made say nothing: it decoded them whole
 
 
@@ -88,10 +87,7 @@ def refreshed(prev, clip, status):
 
 def count_frames(layout, clip):
     """(img_ count, flow pair count, note) in the clip's rawframes dir."""
-    names = storage.listdir_names(layout.url(layout.rawframes(clip)))
-    img = sum(n.startswith("img_") for n in names)
-    fx = sum(n.startswith("flow_x_") for n in names)
-    fy = sum(n.startswith("flow_y_") for n in names)
+    img, fx, fy = frame_counts(storage.listdir_names(layout.url(layout.rawframes(clip))))
     if fx != fy:
         return img, 0, f"flow ignored: {fx} flow_x_ but {fy} flow_y_ files"
     return img, fx, ""

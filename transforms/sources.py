@@ -25,6 +25,7 @@ import zlib
 import apache_beam as beam
 
 from transforms import storage
+from transforms.layout import source_stems
 from transforms.records import FAILED, MISSING
 from transforms.video import VideoError
 
@@ -66,7 +67,7 @@ def find_local(root, clip):
     there but cannot be used (a broken link or a symlink loop, not a regular file, unreadable)
     raises VideoError when no other candidate can be: `failed` if the file cannot be read, else
     `missing`, naming the candidate and why."""
-    stems = [(clip.clip_id, True), (f"{clip.class_dir}/{clip.clip_id}", True), (clip.youtube_id, False)]
+    stems = source_stems(clip)
     if storage.is_local(root):
         notes = []
         for stem, whole in stems:
