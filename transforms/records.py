@@ -1,8 +1,9 @@
 """Clips (valid annotation rows) and ClipRecord, the JSON result record every stage adds to.
 
-ClipRecord is the one place that knows a record's field names. A record keeps its fields in the
-order they were first set (the ledger and the manifests write them so, and an old ledger record's
-fields, known or not, are kept as they are); each stage's event is one method returning a new record.
+ClipRecord is the one place records are built and the field names they are built with are
+spelled: each event of a stage is one method returning a new record. A record keeps its fields in
+the order they were first set (the ledger and the manifests write them so), and an old ledger
+record's fields, known or not, are kept as they are.
 """
 import dataclasses
 import json
@@ -67,6 +68,11 @@ def record_key(rec):
     return (rec["split"], rec["class_dir"], rec["clip_id"])
 
 
+def _mapping(name):
+    """A record field that holds a mapping, read as {} when absent or null."""
+    return property(lambda self: self._fields.get(name) or {})
+
+
 class ClipRecord:
     """One clip's result record. Built only by the constructors and events below; read through
     the properties; `to_dict`/`from_dict` and `to_json`/`from_json` give and take its JSON form
@@ -125,21 +131,10 @@ class ClipRecord:
     def key(self):
         return record_key(self._fields)
 
-    @property
-    def outputs(self):
-        return self._fields.get("outputs") or {}
-
-    @property
-    def params(self):
-        return self._fields.get("params") or {}
-
-    @property
-    def sizes(self):
-        return self._fields.get("sizes") or {}
-
-    @property
-    def seconds(self):
-        return self._fields.get("seconds") or {}
+    outputs = _mapping("outputs")  # {kind: relative path}
+    params = _mapping("params")  # {kind: the options it was made with}
+    sizes = _mapping("sizes")  # {kind: bytes}
+    seconds = _mapping("seconds")  # {phase: seconds}
 
     @property
     def permanent(self):
@@ -211,11 +206,14 @@ class ClipRecord:
                                          seconds=seconds, **facts)._fields)
 
     @classmethod
-    def in_tree(cls, clip, earlier, reason, outputs, verified, facts):
-        """What the tree holds for the clip (`exists`), over the facts of a good earlier record
-        (its params dropped: this run did not make those outputs)."""
+    def in_tree(cls, clip, earlier, reason, outputs, verified, facts, rgb_frames=0, flow_frames=0):
+        """What the tree holds for the clip (`exists`): `facts` of its video (probe's), the frames
+        and flow pairs counted, over the facts of a good earlier record (its params dropped: this
+        run did not make those outputs)."""
         base = dict(earlier._fields) if earlier is not None and earlier.good else {}
         base.pop("params", None)
+        facts = dict(facts, **({"rgb_frames": rgb_frames} if rgb_frames else {}),
+                     **({"flow_frames": flow_frames} if flow_frames else {}))
         return cls(base)._with(cls.of(clip, EXISTS, reason, outputs=outputs, verified=verified, **facts)._fields)
 
     def refreshed(self, clip, status):
