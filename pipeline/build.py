@@ -25,7 +25,7 @@ def build(p, settings):
         checked = shuffled | "CheckLedger" >> beam.ParDo(CheckLedger(settings)).with_outputs("todo", main="done")
         if settings.source == "youtube":
             results = (checked.todo
-                       | "ByYouTubeId" >> beam.Map(lambda job: (job[0].youtube_id, job))
+                       | "ByYouTubeId" >> beam.Map(lambda job: (job.clip.youtube_id, job))
                        | "GroupByYouTubeId" >> beam.GroupByKey()
                        | "FetchClips" >> beam.ParDo(FetchClips(settings)))
         else:
@@ -57,9 +57,9 @@ def rows_of(rows):
 
 
 class FromCVDF(beam.PTransform):
-    """Clips that need a video, paired with their members of the CVDF parts: each part streamed once,
-    the clips as a side input by clip id; a clip in several parts keeps one member (pick_part); clips
-    found in no part go on with no payload (missing), or with a reason naming the unreadable parts."""
+    """The Jobs still to do, each with its member of the CVDF parts: each part streamed once, the
+    jobs as a side input by clip id; a clip in several parts keeps one member (pick_part); clips
+    found in no part go on with none (missing), or missing with a reason naming the unreadable parts."""
 
     def __init__(self, settings, todo):
         super().__init__()
@@ -67,7 +67,7 @@ class FromCVDF(beam.PTransform):
         self.todo = todo
 
     def expand(self, pbegin):
-        by_id = self.todo | "ById" >> beam.Map(lambda job: (job[0].clip_id, job))
+        by_id = self.todo | "ById" >> beam.Map(lambda job: (job.clip.clip_id, (job.clip, job)))
         parts = (pbegin
                  | "PartLists" >> beam.Create([None])
                  | "PartURLs" >> beam.FlatMap(lambda _, s: part_urls(s.cvdf_parts, s.splits), self.settings)
@@ -76,7 +76,7 @@ class FromCVDF(beam.PTransform):
                      "found", "failed", main="members"))
         jobs = parts.members | "ByClip" >> beam.GroupByKey() | "PickPart" >> beam.Map(pick_part)
         found = parts.found | "FoundKeys" >> beam.Map(lambda key: (key, True))
-        keyed = self.todo | "ByKey" >> beam.Map(lambda job: (job[0].key, job))
+        keyed = self.todo | "ByKey" >> beam.Map(lambda job: (job.clip.key, job))
         missing = (({"job": keyed, "found": found})
                    | "Match" >> beam.CoGroupByKey()
                    | "Unmatched" >> beam.FlatMap(unmatched, beam.pvalue.AsList(parts.failed)))

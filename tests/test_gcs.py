@@ -208,21 +208,23 @@ def test_every_input_on_gcs(gcs, demo_inputs):
 def test_source_object_deleted_between_listing_and_reading(gcs, tmp_path, monkeypatch):
     """--video-root on gs://: a source object that find_local listed and someone deleted before it
     was read is one `missing` record saying so; the other clip is made and the run completes."""
-    from transforms import clips, sources
+    from transforms import sources
 
     for yid in ("keepclip000", "goneclip000"):
         src = make_video(tmp_path / "videos" / f"{yid}_000000_000002.mp4", seconds=2)
         gcs.put_file(str(src), f"bucket/race/{yid}_000000_000002.mp4")
     listed = []
 
+    find_local = sources.find_local
+
     def find_then_delete(root, clip):
-        found = sources.find_local(root, clip)
+        found = find_local(root, clip)
         listed.append(found.url)
         if clip.youtube_id == "goneclip000":
             gcs.rm_file(found.url)  # another client deletes it: this run's listing still had it
         return found
 
-    monkeypatch.setattr(clips, "find_local", find_then_delete)
+    monkeypatch.setattr(sources, "find_local", find_then_delete)
     ann = write_csv(tmp_path / "val.csv", "label,youtube_id,time_start,time_end,split\n"
                                           "abseiling,keepclip000,0,2,val\nzumba,goneclip000,0,2,val\n")
     out = tmp_path / "out"

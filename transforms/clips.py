@@ -1,8 +1,9 @@
-"""The per-clip stages.
+"""The per-clip stages: DoFns that run each clip's Job (transforms/plan.py).
 
-CheckLedger skips what the ledger holds as complete; ProcessClips makes the trimmed clip, the
-resized clip and RGB frames from one decode of the clip's source; ComputeFlow adds optical flow
-as a stage of its own. Every record is in the ledger before it is emitted.
+CheckLedger plans every clip and passes on those with work left; ProcessClips makes the trimmed
+clip, the resized clip and RGB frames from one decode of the clip's source (transforms/sources.py);
+FetchClips fetches the sources of one YouTube id together first; ComputeFlow adds optical flow as a
+stage of its own. Every record is in the ledger before it is emitted.
 """
 import functools
 import os
@@ -13,23 +14,14 @@ import av
 import cv2
 from apache_beam.metrics import Metrics
 
-from transforms import storage, tally
+from transforms import scan, sources, storage, tally
 from transforms.fetch import FetchError, Fetcher, source_url, windows
 from transforms.flow import grey_frames, write_flow
-from transforms.layout import Layout
-from transforms.ledger import Ledger, is_complete
-from transforms.records import CORRUPT, EXISTS, FAILED, GOOD, MISSING, OK, Clip
-from transforms.sources import Found, find_local, materialize, write_member
-from transforms.video import Segment, VideoError, VideoOptions, display_size, frame_size, probe, process
-
-STEP_KINDS = (("fetch", "video"), ("resize", "resized"), ("rgb", "rgb"), ("flow", "flow"))
-DECODED_KINDS = ("video", "resized", "rgb")
-PREFIXES = {"rgb": ("img_",), "flow": ("flow_x_", "flow_y_")}
-VERIFY_LEVELS = {"probe": 0, "full": 1}  # records of videos this pipeline made say nothing: it decoded them whole
-
-
-def layout_for(settings):
-    return Layout(settings.output, flat=settings.flat, scale=settings.scale, dense=settings.dense)
+from transforms.layout import PREFIXES
+from transforms.ledger import Ledger
+from transforms.plan import FETCH, MAKE, REFRESH, SKIP, flow_to_make, layout_for, output_params, plan
+from transforms.records import CORRUPT, EXISTS, FAILED, MISSING, OK, Clip, ClipRecord
+from transforms.video import VideoError, VideoOptions, display_size, frame_size, process
 
 
 def video_options(settings):
@@ -41,136 +33,9 @@ def video_options(settings):
         frame_index_base=settings.frame_index_base, min_duration_ratio=settings.min_duration_ratio)
 
 
-def expected_outputs(clip, settings):
-    """{output kind: relative path} that this run's steps must leave for the clip."""
-    layout = layout_for(settings)
-    paths = {"video": layout.video(clip), "resized": layout.resized(clip),
-             "rgb": layout.rawframes(clip), "flow": layout.rawframes(clip)}
-    return {kind: paths[kind] for step, kind in STEP_KINDS if step in settings.steps}
-
-
-def output_params(settings):
-    """{output kind: the options that shape it}; an output made with other options is made again."""
-    frames = {"new_short": settings.new_short, "new_width": settings.new_width,
-              "new_height": settings.new_height, "frame_index_base": settings.frame_index_base,
-              "remove_dup": settings.remove_dup}
-    return {"video": {"trim": settings.trim, "trim_preset": settings.trim_preset, "trim_crf": settings.trim_crf},
-            "resized": {"scale": settings.scale, "dense": settings.dense, "remove_dup": settings.remove_dup,
-                        "upscale": settings.upscale, "x264_preset": settings.x264_preset, "crf": settings.crf},
-            "rgb": frames,
-            "flow": dict(frames, flow_algorithm=settings.flow_algorithm, flow_bound=settings.flow_bound)}
-
-
-def complete(prev, clip, settings, look=True):
-    """Whether the earlier record `prev` leaves this run nothing to do for `clip`. With file lists
-    alone, a good record is trusted only if (`look`) its video is still where this run's layout
-    puts it and was checked at least as closely as this run asks."""
-    expected = expected_outputs(clip, settings)
-    if is_complete(prev, expected, settings.retry_unavailable, output_params(settings)):
-        return True
-    return not expected and look and trusted_video(prev, clip, settings)
-
-
-def trusted_video(prev, clip, settings):
-    if not prev or prev["status"] not in GOOD:
-        return False
-    layout = layout_for(settings)
-    rel = layout.video(clip)
-    checked = VERIFY_LEVELS.get(prev.get("verified", "full"), 0)
-    return ((prev.get("outputs") or {}).get("video") == rel and checked >= VERIFY_LEVELS[settings.verify]
-            and storage.exists(layout.url(rel)))
-
-
 def refreshed(prev, clip, status):
     """An earlier record under this run's annotation: label, index, order and times from `clip`."""
-    return dict(prev, **clip.record(status, prev.get("reason", "")))
-
-
-def count_frames(layout, clip):
-    """(img_ count, flow pair count, note) in the clip's rawframes dir."""
-    names = storage.listdir_names(layout.url(layout.rawframes(clip)))
-    img = sum(n.startswith("img_") for n in names)
-    fx = sum(n.startswith("flow_x_") for n in names)
-    fy = sum(n.startswith("flow_y_") for n in names)
-    if fx != fy:
-        return img, 0, f"flow ignored: {fx} flow_x_ but {fy} flow_y_ files"
-    return img, fx, ""
-
-
-def existing_outputs(clip, settings, prev=None):
-    """Record what the tree holds for the clip now: `exists`, else `missing`. The facts of a good
-    earlier record are kept, its outputs only where they are still there."""
-    layout = layout_for(settings)
-    rel = layout.video(clip)
-    outputs, fields, notes = {}, {}, []
-    try:
-        fields = probe(layout.url(rel), clip.duration, full=settings.verify == "full",
-                       min_ratio=settings.min_duration_ratio)
-        outputs["video"] = rel
-    except VideoError as e:
-        notes.append(f"{rel}: {e.reason}")
-    if storage.exists(layout.url(layout.resized(clip))):
-        outputs["resized"] = layout.resized(clip)
-    img, flow, note = count_frames(layout, clip)
-    if note:
-        notes.append(note)
-    if img:
-        outputs["rgb"] = layout.rawframes(clip)
-        fields["rgb_frames"] = img
-    if flow:
-        outputs["flow"] = layout.rawframes(clip)
-        fields["flow_frames"] = flow
-    if not outputs:
-        return clip.record(MISSING, "; ".join(notes))
-    earlier = dict(prev) if prev and prev["status"] in GOOD else {}
-    earlier.pop("params", None)
-    return dict(earlier, **clip.record(EXISTS, "; ".join(notes), outputs=outputs, verified=settings.verify, **fields))
-
-
-def kept_outputs(prev, expected, params):
-    """The outputs of the earlier record at this run's paths, made with this run's options."""
-    if not prev or prev["status"] not in GOOD:
-        return {}
-    made = prev.get("params") or {}
-    return {k: v for k, v in (prev.get("outputs") or {}).items()
-            if expected.get(k) == v and made.get(k, params.get(k)) == params.get(k)}
-
-
-class LocalVideos:
-    """Clips from existing files under --video-root."""
-
-    def __init__(self, root):
-        self.root = root
-
-    def __call__(self, clip, workdir):
-        found = find_local(self.root, clip)
-        if found is None:
-            raise VideoError(MISSING, f"no video for {clip.clip_id} under {self.root}")
-        return segment_of(clip, found, workdir)
-
-
-def not_in_parts(clip, workdir):
-    raise VideoError(MISSING, f"no {clip.clip_id}.* in the CVDF parts")
-
-
-def fetched_segment(result, url, clip, workdir):
-    """The clip inside a fetched file whose t=0 lies at source time `result.offset`."""
-    return Segment(result.path, clip.time_start - result.offset, clip.time_end - result.offset), url
-
-
-def segment_of(clip, found, workdir):
-    path = materialize(found.url, workdir)
-    if found.whole:
-        return Segment(path, 0.0, clip.duration, whole=True), found.url
-    return Segment(path, clip.time_start, clip.time_end), found.url
-
-
-def trimmed_in_tree(clip, layout, workdir):
-    """The clip's own trimmed video, made earlier or by another tool, as the source."""
-    url = layout.url(layout.video(clip))
-    if not storage.exists(url):
-        raise VideoError(MISSING, f"no video at {layout.video(clip)} (add the fetch step to make it)")
-    return segment_of(clip, Found(url, True), workdir)
+    return ClipRecord.from_dict(prev).refreshed(clip, status)
 
 
 def publish(kind, local, url):
@@ -181,78 +46,64 @@ def publish(kind, local, url):
     return os.path.getsize(local)
 
 
-def to_make(clip, settings, prev):
-    """(outputs kept from the earlier record, decoded kinds still to make)."""
-    expected = expected_outputs(clip, settings)
-    have = kept_outputs(prev, expected, output_params(settings))
-    return have, [k for k in DECODED_KINDS if k in expected and k not in have]
-
-
-def process_clip(clip, settings, source=None, prev=None, payload=None):
-    """Make the clip's trimmed clip, resized clip and RGB frames (whichever the steps ask for and
-    are not already done) from one decode of its source; returns the clip's record."""
-    expected = expected_outputs(clip, settings)
-    have, todo = to_make(clip, settings, prev)
-    if not todo:
-        return refreshed(prev, clip, prev["status"]) if have else existing_outputs(clip, settings, prev)
+def process_clip(job, settings, fetched=None):
+    """Run a clip's Job: make its trimmed clip, resized clip and RGB frames (those it names) from one
+    decode of its source (`fetched`: the fetched window's, for a job whose source is fetched);
+    returns the clip's ClipRecord."""
+    clip, prev = job.clip, job.prev
+    if job.action != MAKE:
+        return refreshed(prev, clip, prev["status"]) if job.action == REFRESH else \
+            scan.existing_outputs(clip, settings, prev)
     layout = layout_for(settings)
     started = time.perf_counter()
     with storage.local_staging() as work:
         try:
-            if "video" not in todo:
-                segment, name = trimmed_in_tree(clip, layout, work)
-            elif payload is not None:
-                member, data = payload
-                segment, name = Segment(write_member(data, work, member), 0.0, clip.duration, whole=True), member
-            else:
-                segment, name = source(clip, work)
-            fetched = time.perf_counter() - started
-            result = process(segment, todo, video_options(settings), work)
+            segment, name = sources.open_source(job, settings, work, fetched)
+            took = time.perf_counter() - started
+            result = process(segment, list(job.make), video_options(settings), work)
         except VideoError as e:
-            return clip.record(e.status, e.reason)
-        record = dict(prev) if have else {}
-        outputs, sizes = dict(have), dict(record.get("sizes") or {})
-        params = {k: v for k, v in (record.get("params") or {}).items() if k in have}
+            return ClipRecord.of(clip, e.status, e.reason)
+        kept = ClipRecord.from_dict(prev) if job.keep else None
+        outputs, sizes = dict(job.keep), dict(kept.sizes if kept else {})
+        params = {k: v for k, v in (kept.params if kept else {}).items() if k in job.keep}
         for kind, local in result.pop("files").items():
-            sizes[kind] = publish(kind, local, layout.url(expected[kind]))
-            outputs[kind] = expected[kind]
+            sizes[kind] = publish(kind, local, layout.url(job.make[kind]))
+            outputs[kind] = job.make[kind]
             params[kind] = output_params(settings)[kind]
-    seconds = {"fetch": round(fetched, 3), **result.pop("seconds")}
-    record.update(clip.record(OK, "", source=name, outputs=outputs, sizes=sizes, params=params, seconds=seconds,
-                              **result))
-    return record
+    seconds = {"fetch": round(took, 3), **result.pop("seconds")}
+    return ClipRecord.made(clip, kept, name, outputs, sizes, params, seconds, result)
 
 
 def flow_source(record, settings, layout, work):
     """(relative path, local copy, frame size) of the clip flow is computed from: the resized clip,
     unless the frames are larger than it (--new-short 0 or above --scale) and the trimmed clip exists."""
-    outputs = record.get("outputs") or {}
+    outputs = record.outputs
     source = outputs.get("resized") or outputs.get("video")
-    path = materialize(layout.url(source), work, "flow-source")
+    path = sources.materialize(layout.url(source), work, "flow-source")
     size = record.get("frame_size")
     if size is None:
-        shown = (record["width"], record["height"]) if record.get("width") else display_size(path)
+        shown = (record.get("width"), record.get("height")) if record.get("width") else display_size(path)
         size = frame_size(*shown, video_options(settings))
     if source != outputs.get("resized"):
         return source, path, size
     small = record.get("resized_size") or display_size(path)
-    trimmed = outputs.get("video") or layout.video(Clip.from_record(record))
+    trimmed = outputs.get("video") or layout.video(record.clip())
     if (size[0] > small[0] or size[1] > small[1]) and storage.exists(layout.url(trimmed)):
-        return trimmed, materialize(layout.url(trimmed), work, "flow-trimmed"), size
+        return trimmed, sources.materialize(layout.url(trimmed), work, "flow-trimmed"), size
     return source, path, size
 
 
 def add_flow(record, settings):
     """Optical flow for a finished clip, from its resized clip, else (or when that is smaller than
-    the frames) its trimmed clip; the record's flow_source says which."""
-    expected = expected_outputs(Clip.from_record(record), settings)
-    outputs = record.get("outputs") or {}
-    params = output_params(settings)
-    if "flow" not in expected or record["status"] not in GOOD or "flow" in kept_outputs(record, expected, params):
+    the frames) its trimmed clip; the record's flow_source says which. `record` itself when there
+    is nothing to add."""
+    rel = flow_to_make(record, settings)
+    if not rel:
         return record
+    outputs = record.outputs
     layout = layout_for(settings)
     if not (outputs.get("resized") or outputs.get("video")):
-        return dict(record, status=MISSING, reason="flow: no video to compute it from")
+        return record.with_status(MISSING, "flow: no video to compute it from")
     started = time.perf_counter()
     with storage.local_staging() as work:
         source, path, size = flow_source(record, settings, layout, work)
@@ -261,12 +112,10 @@ def add_flow(record, settings):
             pairs, _ = write_flow(frames, os.path.join(work, "flow"), algorithm=settings.flow_algorithm,
                                   bound=settings.flow_bound, index_base=settings.frame_index_base)
         except av.error.FFmpegError as e:
-            return dict(record, status=CORRUPT, reason=f"flow: cannot decode {source}: {e}")
-        written = publish("flow", os.path.join(work, "flow"), layout.url(expected["flow"]))
-    seconds = dict(record.get("seconds") or {}, flow=round(time.perf_counter() - started, 3))
-    return dict(record, status=OK, outputs=dict(outputs, flow=expected["flow"]), flow_frames=pairs,
-                flow_source=source, frame_size=list(size), sizes=dict(record.get("sizes") or {}, flow=written),
-                params=dict(record.get("params") or {}, flow=params["flow"]), seconds=seconds)
+            return record.with_status(CORRUPT, f"flow: cannot decode {source}: {e}")
+        written = publish("flow", os.path.join(work, "flow"), layout.url(rel))
+    return record.with_flow(rel, pairs, source, size, written, output_params(settings)["flow"],
+                            round(time.perf_counter() - started, 3))
 
 
 def count(record, settings, skipped=False):
@@ -276,19 +125,21 @@ def count(record, settings, skipped=False):
 
 
 def check(clip, ledger, settings):
-    """(its `exists` record, None) for a clip the ledger holds as complete (counted as skipped),
-    else (None, the ledger's earlier record or None)."""
+    """(its `exists` record, None) for a clip whose plan leaves nothing to do (the ledger holds it
+    as complete, or, with file lists alone, its trusted video is still there), counted as skipped;
+    else (None, its Job)."""
     prev = None if settings.redo else ledger.read(clip.key)
-    if complete(prev, clip, settings):
-        record = refreshed(prev, clip, EXISTS if prev["status"] == OK else prev["status"])
+    job = plan(clip, prev, settings)
+    if job.action == SKIP or scan.still_there(job, settings):
+        record = refreshed(prev, clip, EXISTS if prev["status"] == OK else prev["status"]).to_dict()
         count(record, settings, skipped=True)
         return record, None
-    return None, prev
+    return None, job
 
 
 class CheckLedger(beam.DoFn):
-    """Rows in (clips, and invalid rows' records, passed on); `exists` records for clips the
-    ledger holds as complete, (clip, earlier record) on the `todo` output for the rest."""
+    """Rows in (clips, and invalid rows' records, passed on); `exists` records for clips whose
+    plan leaves nothing to do (see `check`), their Job on the `todo` output for the rest."""
 
     def __init__(self, settings):
         self.settings = settings
@@ -300,8 +151,8 @@ class CheckLedger(beam.DoFn):
         if not isinstance(row, Clip):  # an invalid row's record
             yield row
             return
-        record, prev = check(row, self.ledger, self.settings)
-        yield record if record is not None else beam.pvalue.TaggedOutput("todo", (row, prev))
+        record, job = check(row, self.ledger, self.settings)
+        yield record if record is not None else beam.pvalue.TaggedOutput("todo", job)
 
     def finish_bundle(self):
         tally.flush(self.settings)
@@ -319,46 +170,37 @@ class _Recording(beam.DoFn):
         tally.flush(self.settings)
 
     def finish(self, record, started, last_step, prev=None):
-        """The record with this run's id and time, written to the ledger unless `prev`, the
-        ledger's record of the clip, already says the same."""
-        seconds = dict(record.get("seconds") or {})
-        seconds["total"] = round(seconds.get("total", 0) + time.perf_counter() - started, 3)
-        record = dict(record, seconds=seconds, run_id=self.settings.run_id)
+        """The ClipRecord as the ledger keeps it, written there unless `prev`, the ledger's record
+        of the clip, already says the same; returns its dict."""
+        record = record.finished(time.perf_counter() - started, self.settings.run_id)
         self.ledger.write(record, prev)
+        record = record.to_dict()
         if last_step:
             count(record, self.settings)
         return record
 
 
 class ProcessClips(_Recording):
-    """(clip, earlier record[, (source name, bytes)]) in; records out."""
-
-    def setup(self):
-        super().setup()
-        s = self.settings
-        self.source = {"local": LocalVideos(s.video_root), "cvdf": not_in_parts}.get(s.source)
+    """Jobs in; records out."""
 
     def process(self, job):
-        clip, prev, *payload = job
-        yield self.run(clip, prev, self.source, payload[0] if payload else None)
+        yield self.run(job)
 
-    def run(self, clip, prev, source, payload=None, fetched=None):
+    def run(self, job, source=None, fetched=None):
         started = time.perf_counter()
         try:
-            record = process_clip(clip, self.settings, source, prev, payload)
+            record = process_clip(job, self.settings, source)
         except Exception as e:  # noqa: BLE001 - one clip's bug must not stop the run
-            record = clip.record(FAILED, f"{type(e).__name__}: {e}")
+            record = ClipRecord.of(job.clip, FAILED, f"{type(e).__name__}: {e}")
         if fetched:
-            fields = dict(fetched)
-            seconds = dict(record.get("seconds") or {}, fetch=fields.pop("seconds"))
-            record.update(fields, seconds=seconds)
-        flow_pending = "flow" in self.settings.steps and record["status"] in GOOD
-        return self.finish(record, started, not flow_pending, prev)
+            record = record.with_fetch(**fetched)
+        flow_pending = "flow" in self.settings.steps and record.good
+        return self.finish(record, started, not flow_pending, job.prev)
 
 
 class CheckAndProcess(ProcessClips):
     """Rows in (clips, and invalid rows' records, passed on); records out: the ledger check and
-    the clip's work in one step, for the runs whose clips need no grouping (no fetch from YouTube or
+    the clip's Job in one step, for the runs whose clips need no grouping (no fetch from YouTube or
     CVDF parts). Every record then comes out of this one step, so no Flatten joins them again
     (a runner such as Beam's local one would hold the joined records whole)."""
 
@@ -366,13 +208,13 @@ class CheckAndProcess(ProcessClips):
         if not isinstance(row, Clip):
             yield row
             return
-        record, prev = check(row, self.ledger, self.settings)
-        yield record if record is not None else self.run(row, prev, self.source)
+        record, job = check(row, self.ledger, self.settings)
+        yield record if record is not None else self.run(job)
 
 
 class FetchClips(ProcessClips):
-    """(youtube id, [(clip, earlier record), ...]) in; records out. The clips of one id are fetched
-    together: one segment-only download serves every clip whose padded ranges lie close together."""
+    """(youtube id, [job, ...]) in; records out. The clips of one id are fetched together: one
+    segment-only download serves every clip whose padded ranges lie close together."""
 
     def setup(self):
         super().setup()
@@ -381,13 +223,13 @@ class FetchClips(ProcessClips):
     def process(self, group):
         youtube_id, jobs = group
         need = []
-        for clip, prev in jobs:
-            if "video" in to_make(clip, self.settings, prev)[1]:
-                need.append((clip, prev))
+        for job in jobs:
+            if job.source == FETCH:
+                need.append(job)
             else:
-                yield self.run(clip, prev, None)
-        for window in windows([(c.time_start, c.time_end) for c, _ in need], self.settings.fetch.pad):
-            members = [(c, p) for c, p in need if (c.time_start, c.time_end) in window.ranges]
+                yield self.run(job)
+        for window in windows([(j.clip.time_start, j.clip.time_end) for j in need], self.settings.fetch.pad):
+            members = [j for j in need if (j.clip.time_start, j.clip.time_end) in window.ranges]
             with storage.local_staging() as work:
                 yield from self.fetch_window(youtube_id, window, members, work)
 
@@ -396,28 +238,22 @@ class FetchClips(ProcessClips):
         try:
             result = self.fetcher.fetch(youtube_id, window.start, window.end, work)
         except Exception as e:  # noqa: BLE001 - a full disk or a bug fails these clips, not the bundle
-            for clip, prev in members:
-                yield self.finish(self.fetch_failure(clip, e), started, True, prev)
+            for job in members:
+                yield self.finish(self.fetch_failure(job.clip, e), started, True, job.prev)
             return
         url = source_url(self.settings.fetch.url_template, youtube_id)
-        shared = {"format_id": result.format_id, "ytdlp_version": result.ytdlp_version,
-                  "attempts": result.attempts, "fetch_window": [window.start, window.end],
-                  "fetch_segment": result.segment,
-                  "fetch_range": list(result.fetch_range) if result.fetch_range else None,
-                  "seconds": round(time.perf_counter() - started, 3)}
-        source = functools.partial(fetched_segment, result, url)
-        for i, (clip, prev) in enumerate(members):
-            fetched = dict(shared, bytes_fetched=result.bytes_fetched if i == 0 else 0)
-            if i:
-                fetched["fetched_with"] = members[0][0].clip_id
-            yield self.run(clip, prev, source, fetched=fetched)
+        shared = {"result": result, "window": window, "seconds": round(time.perf_counter() - started, 3)}
+        source = functools.partial(sources.fetched_segment, result, url)
+        for i, job in enumerate(members):
+            fetched = dict(shared, bytes_fetched=result.bytes_fetched if i == 0 else 0,
+                           fetched_with=members[0].clip.clip_id if i else None)
+            yield self.run(job, source, fetched=fetched)
 
     @staticmethod
     def fetch_failure(clip, error):
         if isinstance(error, FetchError):
-            return clip.record(error.status, error.reason, attempts=error.attempts,
-                               **({"permanent": True} if error.permanent else {}))
-        return clip.record(FAILED, f"{type(error).__name__}: {error}")
+            return ClipRecord.fetch_failed(clip, error.status, error.reason, error.attempts, error.permanent)
+        return ClipRecord.of(clip, FAILED, f"{type(error).__name__}: {error}")
 
 
 class ComputeFlow(_Recording):
@@ -425,11 +261,12 @@ class ComputeFlow(_Recording):
 
     def process(self, record):
         started = time.perf_counter()
+        given = ClipRecord.from_dict(record)
         try:
-            updated = add_flow(record, self.settings)
+            updated = add_flow(given, self.settings)
         except Exception as e:  # noqa: BLE001
-            updated = dict(record, status=FAILED, reason=f"flow: {type(e).__name__}: {e}")
-        if updated is record:
+            updated = given.with_status(FAILED, f"flow: {type(e).__name__}: {e}")
+        if updated is given:
             count(record, self.settings)
             yield record
         else:

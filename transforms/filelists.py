@@ -9,6 +9,7 @@ Lines follow annotation order; `--shuffle --seed N` is random.seed(N); random.sh
 import json
 import random
 
+from transforms import layout
 from transforms.records import GOOD
 
 KINDS = ("videos", "rawframes", "flow")
@@ -23,11 +24,11 @@ def line(rec, kind, flat=False):
     """The record's line in the `kind` list, or None when it has no such output (or is not good)."""
     if rec["status"] not in GOOD:
         return None
-    path = rec["clip_id"] if flat else f"{rec['class_dir']}/{rec['clip_id']}"
+    path = layout.list_path(rec["class_dir"], rec["clip_id"], kind, flat)
     outputs = rec.get("outputs") or {}
     label = rec["label_index"]
     if kind == "videos" and ("video" in outputs or "resized" in outputs):
-        return f"{path}.mp4 {label}\n"
+        return f"{path} {label}\n"
     if kind == "rawframes" and rec.get("rgb_frames"):
         return f"{path} {rec['rgb_frames']} {label}\n"
     if kind == "flow" and rec.get("flow_frames"):

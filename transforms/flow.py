@@ -11,7 +11,8 @@ import av
 import cv2
 import numpy as np
 
-from transforms.video import Decimate, Scaler, frame_name, planes
+from transforms.layout import FLOW_PREFIXES, frame_name
+from transforms.video import Decimate, Scaler, planes
 
 ALGORITHMS = ("tvl1", "tvl1-fast", "farneback", "dis")
 FARNEBACK = (0.5, 5, 13, 10, 5, 1.1, 0)  # denseflow's farn: cuda::FarnebackOpticalFlow::create() defaults
@@ -66,9 +67,9 @@ def write_flow(frames, folder, *, algorithm="tvl1", bound=20.0, index_base=1, qu
     for grey in frames:
         if prev is not None:
             f = flow(prev, grey)
-            for axis, prefix in ((0, "flow_x_"), (1, "flow_y_")):
+            for axis, prefix in enumerate(FLOW_PREFIXES):
                 ok, data = cv2.imencode(".jpg", quantize(f[..., axis], bound), params)
-                with open(os.path.join(folder, frame_name(prefix, pairs, index_base)), "wb") as out:
+                with open(os.path.join(folder, frame_name(prefix, pairs + index_base)), "wb") as out:
                     out.write(data)
                 written += len(data)
             pairs += 1

@@ -3,10 +3,8 @@
 Written whole as soon as a clip finishes, so a crashed or cancelled run loses no result,
 and a re-run knows which clips are complete.
 """
-import json
-
 from transforms import storage
-from transforms.records import GOOD, UNAVAILABLE
+from transforms.records import GOOD, UNAVAILABLE, ClipRecord
 
 
 class Ledger:
@@ -24,13 +22,14 @@ class Ledger:
             return None
 
     def write(self, record, prev=None):
-        """Write the clip's record, unless `prev` (the record the ledger holds) says the same but
-        for VOLATILE fields: a re-run that finds a clip as it was rewrites nothing (replacing a
-        file costs a local disk several times more than reading it, and an object store a PUT)."""
-        if prev is not None and same_record(record, prev):
+        """Write the clip's record (a dict or a ClipRecord), unless `prev` (the record the ledger
+        holds) says the same but for VOLATILE fields: a re-run that finds a clip as it was rewrites
+        nothing (replacing a file costs a local disk several times more than reading it, and an
+        object store a PUT)."""
+        record = ClipRecord.from_dict(record)
+        if prev is not None and same_record(record.to_dict(), prev):
             return
-        key = (record["split"], record["class_dir"], record["clip_id"])
-        storage.write_bytes(self.url(key), dump(record))
+        storage.write_bytes(self.url(record.key), record.to_json())
 
 
 VOLATILE = ("run_id", "seconds")  # which run made a record, and how long it took
@@ -42,15 +41,14 @@ def same_record(a, b):
 
 
 def dump(record):
-    return json.dumps(record, sort_keys=False, ensure_ascii=False).encode("utf-8")
+    """A record's JSON bytes (a dict or a ClipRecord), its fields in their order."""
+    return ClipRecord.from_dict(record).to_json()
 
 
 def parse(data):
-    try:
-        rec = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return rec if isinstance(rec, dict) and "status" in rec else None
+    """The record dict in `data`, or None when it is not a JSON object with a status."""
+    record = ClipRecord.from_json(data)
+    return record.to_dict() if record is not None else None
 
 
 def has_outputs(record, expected_outputs, params=None):

@@ -23,7 +23,7 @@ import av
 import cv2
 import numpy as np
 
-from transforms import storage
+from transforms import layout, storage
 from transforms.records import GOOD, STATUSES
 
 CELL_W, CELL_H = 160, 120
@@ -198,7 +198,7 @@ def _row(smp, output, frame_base):
     label = _text_cell(_wrap(smp["class_dir"]) + _wrap(smp["clip_id"]) + [smp["split"]])
     try:
         if "rgb" in outputs and smp.get("rgb_frames"):
-            names = [f"img_{frame_base + i:05d}.jpg" for i in _spread(smp["rgb_frames"], RGB_COLS)]
+            names = [layout.rgb_name(frame_base + i) for i in _spread(smp["rgb_frames"], RGB_COLS)]
             rgb = [_fit(img) for img in _jpegs(storage.join(output, outputs["rgb"]), names) if img is not None]
         else:
             rgb = _video_frames(storage.join(output, outputs.get("resized") or outputs["video"]), RGB_COLS)
@@ -206,7 +206,7 @@ def _row(smp, output, frame_base):
         if "flow" in outputs and smp.get("flow_frames"):
             base = storage.join(output, outputs["flow"])
             for i in _spread(smp["flow_frames"], FLOW_COLS):
-                fx, fy = _jpegs(base, [f"flow_{a}_{frame_base + i:05d}.jpg" for a in "xy"], cv2.IMREAD_GRAYSCALE)
+                fx, fy = _jpegs(base, layout.flow_names(frame_base + i), cv2.IMREAD_GRAYSCALE)
                 if fx is not None and fy is not None:
                     flow.append(_fit(flow_colour(fx, fy)))
     except (OSError, ValueError, IndexError, av.error.FFmpegError, cv2.error) as e:

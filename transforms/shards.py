@@ -26,7 +26,7 @@ import time
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import storage
+from transforms import layout, storage
 from transforms.records import GOOD, SPLITS
 
 MIB = 1 << 20
@@ -39,9 +39,8 @@ SHARD_FORMAT = 1  # bump when the bytes a sample gives change, so every fingerpr
 log = logging.getLogger(__name__)
 
 
-def sample_key(class_dir, clip_id, flat=False):
-    key = clip_id if flat else f"{class_dir}/{clip_id}"
-    return key.replace("%", "%25").replace(".", "%2E")
+sample_key = layout.shard_key
+frame_names = layout.frame_names
 
 
 def shard_name(dataset, split, index):
@@ -55,13 +54,6 @@ def shard_dir(output, split):
 def _stat_size(url):
     fs, path = storage.filesystem(url)
     return fs.size(path)
-
-
-def frame_names(rgb, flow, base=1):
-    """The JPEG names of `rgb` frames and `flow` flow pairs, numbered from `base`, sorted."""
-    names = [f"img_{i:05d}.jpg" for i in range(base, base + rgb)]
-    names += [f"flow_{a}_{i:05d}.jpg" for a in "xy" for i in range(base, base + flow)]
-    return sorted(names)
 
 
 def metadata(record, video_kind, kinds):

@@ -1,5 +1,7 @@
-"""Where a clip's video comes from when it is not fetched from YouTube.
+"""Where a clip's video comes from: the source adapters that turn a Job's source into a Segment.
 
+* fetch: the window FetchClips fetched from YouTube for the clip (fetched_segment).
+* tree: the clip's trimmed video already in the output tree (trimmed_in_tree).
 * local: existing files under --video-root (a local dir or any fsspec URL): the CVDF flat
   layout {root}/{clip}.{ext}, MMAction2 class dirs {root}/{class}/{clip}.{ext}, or a
   full-length source {root}/{youtube_id}.{ext} that is cut to [start, end).
@@ -24,9 +26,10 @@ import zlib
 
 import apache_beam as beam
 
-from transforms import storage
+from transforms import plan, storage
+from transforms.layout import source_stems
 from transforms.records import FAILED, MISSING
-from transforms.video import VideoError
+from transforms.video import Segment, VideoError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def find_local(root, clip):
     there but cannot be used (a broken link or a symlink loop, not a regular file, unreadable)
     raises VideoError when no other candidate can be: `failed` if the file cannot be read, else
     `missing`, naming the candidate and why."""
-    stems = [(clip.clip_id, True), (f"{clip.class_dir}/{clip.clip_id}", True), (clip.youtube_id, False)]
+    stems = source_stems(clip)
     if storage.is_local(root):
         notes = []
         for stem, whole in stems:
@@ -89,6 +92,59 @@ def find_local(root, clip):
             if ext in hits:
                 return Found(fs.unstrip_protocol(hits[ext]), whole)
     return None
+
+
+def local_segment(root, clip, workdir):
+    """The clip's source under --video-root `root`."""
+    found = find_local(root, clip)
+    if found is None:
+        raise VideoError(MISSING, f"no video for {clip.clip_id} under {root}")
+    return segment_of(clip, found, workdir)
+
+
+def fetched_segment(result, url, clip, workdir):
+    """The clip inside a fetched file whose t=0 lies at source time `result.offset`."""
+    return Segment(result.path, clip.time_start - result.offset, clip.time_end - result.offset), url
+
+
+def segment_of(clip, found, workdir):
+    path = materialize(found.url, workdir)
+    if found.whole:
+        return Segment(path, 0.0, clip.duration, whole=True), found.url
+    return Segment(path, clip.time_start, clip.time_end), found.url
+
+
+def trimmed_in_tree(clip, layout, workdir):
+    """The clip's own trimmed video, made earlier or by another tool, as the source."""
+    url = layout.url(layout.video(clip))
+    if not storage.exists(url):
+        raise VideoError(MISSING, f"no video at {layout.video(clip)} (add the fetch step to make it)")
+    return segment_of(clip, Found(url, True), workdir)
+
+
+def member_segment(clip, member, data, workdir):
+    """A CVDF member's bytes, the clip itself, as the source."""
+    if data is None:
+        raise VideoError(MISSING, f"no {clip.clip_id}.* in the CVDF parts")
+    return Segment(write_member(data, workdir, member), 0.0, clip.duration, whole=True), member
+
+
+def open_source(job, settings, workdir, fetched=None):
+    """(Segment, source name) of the video a Job's outputs are made from, copied into `workdir`
+    where it is not local (`fetched`: the fetched window's adapter); raises VideoError when there
+    is none."""
+    clip = job.clip
+    if job.source == plan.TREE:
+        return trimmed_in_tree(clip, plan.layout_for(settings), workdir)
+    if job.source == plan.CVDF:
+        return member_segment(clip, job.member, job.data, workdir)
+    if job.source == plan.LOCAL:
+        return local_segment(settings.video_root, clip, workdir)
+    if job.source == plan.FETCH:
+        return fetched(clip, workdir)
+    if job.source == plan.MISSING:
+        raise VideoError(MISSING, job.reason)
+    raise ValueError(f"a job with no source to make {', '.join(job.make)} from")
 
 
 def materialize(url, workdir, name="source"):
@@ -178,12 +234,12 @@ def describe(error):
 
 
 class ReadParts(beam.DoFn):
-    """Part URL in; (clip key, (part URL, (clip, earlier record, (source name, video bytes)))) out
+    """Part URL in; (clip key, (part URL, (clip, job, (source name, video bytes)))) out
     for each wanted member (an Absent in place of the bytes for a member not safe to use), the
     matched clip keys on `found`, and "URL: error" on `failed` for a part
     that could not be read: at once for a permanent error, else after `attempts` tries with
-    exponential backoff (a retry skips the members already emitted). The (clip, earlier record)
-    pairs that need a video come as a side input keyed by clip id."""
+    exponential backoff (a retry skips the members already emitted). The (clip, job) pairs of the
+    clips still to do come as a side input keyed by clip id."""
 
     def __init__(self, attempts=4, backoff=5.0):
         self.attempts, self.backoff = attempts, backoff
@@ -196,8 +252,8 @@ class ReadParts(beam.DoFn):
                     if (member, isinstance(data, Absent)) in emitted:
                         continue
                     emitted.add((member, isinstance(data, Absent)))
-                    for clip, prev in jobs[clip_id_of(member)]:
-                        yield clip.key, (url, (clip, prev, (f"cvdf:{name}:{member}", data)))
+                    for clip, job in jobs[clip_id_of(member)]:
+                        yield clip.key, (url, (clip, job, (f"cvdf:{name}:{member}", data)))
                         yield beam.pvalue.TaggedOutput("found", clip.key)
                 return
             except Exception as e:  # noqa: BLE001 - one bad part must not stop the run
@@ -211,8 +267,8 @@ class ReadParts(beam.DoFn):
 
 @dataclasses.dataclass(frozen=True)
 class Absent:
-    """A payload in place of a member's bytes: the clip is in no part that could be read, or its
-    members could not be used (`skipped`: what each was); `reason` says which."""
+    """What ReadParts gives in place of a member's bytes when the member cannot be used (`skipped`:
+    what each such member was); `reason` says why."""
     reason: str
     skipped: tuple = ()
 
@@ -223,22 +279,24 @@ def skipped_members(clip_id, notes):
 
 
 def pick_part(keyed):
-    """The one job for a clip found in several parts: a member that can be used wins over those
-    that cannot (links, unsafe paths); then a replacement part's member, else the first part URL in
-    sorted order (then the first member name). With none usable, the job's Absent names them all."""
+    """The clip's job with its one member, for a clip found in several parts: a member that can be
+    used wins over those that cannot (links, unsafe paths); then a replacement part's member, else
+    the first part URL in sorted order (then the first member name). With none usable, the job is
+    missing, its reason naming them all."""
     def rank(item):
         url, (_, _, (source, data)) = item
         return isinstance(data, Absent), "replacement" not in posixpath.basename(url), url, source
     items = list(keyed[1])
-    clip, prev, (source, data) = min(items, key=rank)[1]
+    clip, job, (source, data) = min(items, key=rank)[1]
     if isinstance(data, Absent):
-        data = skipped_members(clip.clip_id, [n for _, (_, _, (_, d)) in items for n in d.skipped])
-    return clip, prev, (source, data)
+        notes = [n for _, (_, _, (_, d)) in items for n in d.skipped]
+        return job.missing(skipped_members(clip.clip_id, notes).reason)
+    return job.with_member(source, data)
 
 
 def unmatched(grouped, failed):
     """The jobs of a clip found in no part (none if found): as they are, or, when some parts could
-    not be read, with an Absent payload whose reason names them."""
+    not be read, missing with a reason that names them."""
     _, got = grouped
     if got["found"]:
         return []
@@ -246,13 +304,10 @@ def unmatched(grouped, failed):
         return got["job"]
     shown = "; ".join(sorted(failed)[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
     unread = f"{len(failed)} part{'s' if len(failed) > 1 else ''} unreadable: {shown}"
-    return [(clip, prev, ("cvdf:", Absent(f"no {clip.clip_id}.* in the CVDF parts ({unread})")))
-            for clip, prev in got["job"]]
+    return [job.missing(f"no {job.clip.clip_id}.* in the CVDF parts ({unread})") for job in got["job"]]
 
 
 def write_member(data, workdir, member):
-    if isinstance(data, Absent):
-        raise VideoError(MISSING, data.reason)
     path = os.path.join(workdir, "source" + posixpath.splitext(member)[1])
     with open(path, "wb") as f:
         f.write(data)

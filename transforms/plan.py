@@ -1,0 +1,134 @@
+"""The per-clip policy, as pure functions: what this run must make for a clip, given its earlier
+ledger record and the run's settings, and from which source.
+
+plan() gives a Job. CheckLedger, the progress count, the file-lists-only path and the video stage
+all follow the same Job; nothing here reads or writes storage.
+"""
+import dataclasses
+import typing
+
+from transforms.layout import Layout
+from transforms.ledger import is_complete
+from transforms.records import Clip, ClipRecord
+
+STEP_KINDS = (("fetch", "video"), ("resize", "resized"), ("rgb", "rgb"), ("flow", "flow"))
+DECODED_KINDS = ("video", "resized", "rgb")
+VERIFY_LEVELS = {"probe": 0, "full": 1}  # records of videos this pipeline made say nothing: it decoded them whole
+
+# Where a job's source video comes from.
+LOCAL = "local"      # a file under --video-root
+FETCH = "fetch"      # a window fetched from YouTube (the clips of one id share it)
+CVDF = "cvdf"        # a member of the CVDF parts (`member`, `data`)
+TREE = "tree"        # the clip's trimmed video already in the output tree
+MISSING = "missing"  # none: `reason` says why
+SOURCES = {"local": LOCAL, "youtube": FETCH, "cvdf": CVDF}  # --source: the source of a clip to fetch
+
+# What a job does.
+SKIP = "skip"        # the earlier record leaves nothing to do
+REFRESH = "refresh"  # nothing to make: the earlier record stands, under this run's annotation
+SCAN = "scan"        # nothing to make: record what the tree holds for the clip
+MAKE = "make"        # decode the source once and make `make`
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One clip's work: `action`; the outputs kept from the earlier record `prev` (`keep`) and the
+    decoded outputs to make (`make`), each {kind: relative path}; where their source comes from.
+    `trust` (file lists alone): the trimmed video whose presence lets the earlier record stand."""
+    clip: Clip
+    prev: typing.Optional[dict]
+    action: str
+    keep: dict = dataclasses.field(default_factory=dict)
+    make: dict = dataclasses.field(default_factory=dict)
+    source: str = ""
+    member: str = ""
+    data: typing.Optional[bytes] = None
+    reason: str = ""
+    trust: str = ""
+
+    def with_member(self, name, data, missing=""):
+        """The job once the CVDF parts are read: the member `name` and its bytes, or, when
+        `missing` says why, none. Only a job whose source is the parts takes it."""
+        if self.source != CVDF:
+            return self
+        if missing:
+            return dataclasses.replace(self, source=MISSING, reason=missing)
+        return dataclasses.replace(self, member=name, data=data)
+
+    def missing(self, reason):
+        return self.with_member("", None, reason)
+
+
+def layout_for(settings):
+    return Layout(settings.output, flat=settings.flat, scale=settings.scale, dense=settings.dense)
+
+
+def expected_outputs(clip, settings):
+    """{output kind: relative path} that this run's steps must leave for the clip."""
+    layout = layout_for(settings)
+    paths = {"video": layout.video(clip), "resized": layout.resized(clip),
+             "rgb": layout.rawframes(clip), "flow": layout.rawframes(clip)}
+    return {kind: paths[kind] for step, kind in STEP_KINDS if step in settings.steps}
+
+
+def output_params(settings):
+    """{output kind: the options that shape it}; an output made with other options is made again."""
+    frames = {"new_short": settings.new_short, "new_width": settings.new_width,
+              "new_height": settings.new_height, "frame_index_base": settings.frame_index_base,
+              "remove_dup": settings.remove_dup}
+    return {"video": {"trim": settings.trim, "trim_preset": settings.trim_preset, "trim_crf": settings.trim_crf},
+            "resized": {"scale": settings.scale, "dense": settings.dense, "remove_dup": settings.remove_dup,
+                        "upscale": settings.upscale, "x264_preset": settings.x264_preset, "crf": settings.crf},
+            "rgb": frames,
+            "flow": dict(frames, flow_algorithm=settings.flow_algorithm, flow_bound=settings.flow_bound)}
+
+
+def kept_outputs(prev, expected, params):
+    """The outputs of the earlier record at this run's paths, made with this run's options."""
+    if not prev:
+        return {}
+    prev = ClipRecord.from_dict(prev)
+    if not prev.good:
+        return {}
+    made = prev.params
+    return {k: v for k, v in prev.outputs.items()
+            if expected.get(k) == v and made.get(k, params.get(k)) == params.get(k)}
+
+
+def trusted_video(prev, clip, settings):
+    """The trimmed video path of a good earlier record that this run may trust without decoding it
+    again (at this run's path, checked at least as closely as this run asks), or ""."""
+    if not prev:
+        return ""
+    prev = ClipRecord.from_dict(prev)
+    if not prev.good:
+        return ""
+    rel = layout_for(settings).video(clip)
+    checked = VERIFY_LEVELS.get(prev.get("verified", "full"), 0)
+    return rel if prev.outputs.get("video") == rel and checked >= VERIFY_LEVELS[settings.verify] else ""
+
+
+def plan(clip, prev, settings):
+    """The Job for `clip` given its earlier record `prev` (None: none, or --redo)."""
+    expected = expected_outputs(clip, settings)
+    params = output_params(settings)
+    if is_complete(prev, expected, settings.retry_unavailable, params):
+        return Job(clip, prev, SKIP)
+    keep = kept_outputs(prev, expected, params)
+    make = {k: expected[k] for k in DECODED_KINDS if k in expected and k not in keep}
+    if not make:
+        if keep:
+            return Job(clip, prev, REFRESH, keep)
+        return Job(clip, prev, SCAN, trust="" if expected else trusted_video(prev, clip, settings))
+    source = SOURCES.get(settings.source, "") if "video" in make else TREE
+    return Job(clip, prev, MAKE, keep, make, source)
+
+
+def flow_to_make(record, settings):
+    """The path optical flow is still to be made at for a finished clip's record, or "" (none:
+    not asked for, the clip is not good, or flow made with this run's options is there)."""
+    record = ClipRecord.from_dict(record)
+    expected = expected_outputs(record.clip(), settings)
+    if "flow" not in expected or not record.good or "flow" in kept_outputs(record, expected, output_params(settings)):
+        return ""
+    return expected["flow"]
