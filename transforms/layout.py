@@ -4,7 +4,7 @@ The one place that builds a clip's paths and file names: the trimmed clip (outpu
 step `fetch`, file list `videos`, shard label `trimmed`: each name is in outputs or flags, so they
 stay), the resized clip, the rawframes dir and the frame and flow JPEG names in it, the paths in
 MMAction2's file lists, the WebDataset shard keys and the file stems a local source is looked up by.
-(transforms/video.py numbers its frames with its own video.frame_name, which gives the same names.)
+(transforms/video.py and flow.py name their frames through frame_name / rgb_name here.)
 """
 import dataclasses
 

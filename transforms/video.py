@@ -21,7 +21,7 @@ import numpy as np
 from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
-from transforms import storage
+from transforms import layout, storage
 
 MP4_AUDIO = {"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}
 STORES_PTS = {"mov", "mp4", "matroska", "webm", "mpegts", "flv"}
@@ -88,7 +88,8 @@ def frame_size(w, h, opts):
 
 
 def frame_name(prefix, i, base):
-    return f"{prefix}{i + base:05d}.jpg"
+    """The JPEG name of the i-th frame (from 0) numbered from `base`: layout's name for it."""
+    return layout.frame_name(prefix, i + base)
 
 
 def _rotated(rotation):
@@ -454,7 +455,7 @@ class _Frames:
     def frame(self, frame):
         with self.timer():
             ok, data = cv2.imencode(".jpg", self.scaler.bgr(frame), self.params)
-            name = frame_name("img_", self.count, self.opts.frame_index_base)
+            name = layout.rgb_name(self.count + self.opts.frame_index_base)
             with open(os.path.join(self.folder, name), "wb") as f:
                 f.write(data)
             self.count += 1
