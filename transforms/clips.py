@@ -127,7 +127,9 @@ def count(record, settings, skipped=False):
 def check(clip, ledger, settings):
     """(its `exists` record, None) for a clip whose plan leaves nothing to do (the ledger holds it
     as complete, or, with file lists alone, its trusted video is still there), counted as skipped;
-    else (None, its Job)."""
+    else (None, its Job). An invalid row's record is passed on as it is: (record, None)."""
+    if not isinstance(clip, Clip):
+        return clip, None
     prev = None if settings.redo else ledger.read(clip.key)
     job = plan(clip, prev, settings)
     if job.action == SKIP or scan.still_there(job, settings):
@@ -148,9 +150,6 @@ class CheckLedger(beam.DoFn):
         self.ledger = Ledger(self.settings.output)
 
     def process(self, row):
-        if not isinstance(row, Clip):  # an invalid row's record
-            yield row
-            return
         record, job = check(row, self.ledger, self.settings)
         yield record if record is not None else beam.pvalue.TaggedOutput("todo", job)
 
@@ -205,9 +204,6 @@ class CheckAndProcess(ProcessClips):
     (a runner such as Beam's local one would hold the joined records whole)."""
 
     def process(self, row):
-        if not isinstance(row, Clip):
-            yield row
-            return
         record, job = check(row, self.ledger, self.settings)
         yield record if record is not None else self.run(job)
 

@@ -106,10 +106,10 @@ class IncompleteRun(Exception):
 
 def check_complete(counts_by_split, plans):
     """Raise IncompleteRun unless each split has exactly as many records as rows were planned."""
+    got = {split: sum(counts.values()) for split, counts in counts_by_split.items()}
     rows = {split: plan["rows"] for split, plan in plans.items()}
-    wrong = [(split, sum(counts_by_split.get(split, {}).values()), rows.get(split, 0))
-             for split in sorted(set(rows) | set(counts_by_split))
-             if sum(counts_by_split.get(split, {}).values()) != rows.get(split, 0)]
+    wrong = [(split, got.get(split, 0), rows.get(split, 0)) for split in sorted(set(rows) | set(got))
+             if got.get(split, 0) != rows.get(split, 0)]
     if wrong:
         raise IncompleteRun(
             "the runner delivered " + "; ".join(f"{got:,} records of {n:,} rows of split {split}"
