@@ -113,3 +113,11 @@ def test_events_over_an_earlier_record_keep_its_order_and_fields():
     bad = ClipRecord.of(CLIP, "corrupt", "x", legacy=1)
     assert list(ClipRecord.in_tree(CLIP, bad, "", {}, "probe", {}).to_dict()) == IDENTITY + ["outputs", "verified"]
     assert list(ClipRecord.in_tree(CLIP, None, "", {}, "probe", {}).to_dict()) == IDENTITY + ["outputs", "verified"]
+
+
+def test_source_kind_from_the_field_or_from_an_older_record():
+    from transforms.records import CVDF_SOURCE, EXISTS, OK, TREE_SOURCE, ClipRecord
+    assert ClipRecord({"status": OK, "source": "/v/a.mp4", "source_kind": "local"}).source_kind == "local"
+    assert ClipRecord({"status": OK, "source": "cvdf:part.tar.gz:a.mp4"}).source_kind == CVDF_SOURCE
+    assert ClipRecord({"status": EXISTS}).source_kind == TREE_SOURCE
+    assert ClipRecord({"status": OK, "source": "https://www.youtube.com/watch?v=x"}).source_kind == ""

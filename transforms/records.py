@@ -15,6 +15,11 @@ CORRUPT, SHORT, FAILED = "corrupt", "short", "failed"
 STATUSES = (OK, EXISTS, INVALID, MISSING, UNAVAILABLE, RATE_LIMITED, NETWORK, CORRUPT, SHORT, FAILED)
 GOOD = (OK, EXISTS)
 
+# Where a record's video came from (the record's `source_kind`): a file under --video-root, a
+# member of the CVDF parts, the shared --clip-cache, a YouTube fetch, or the output tree itself.
+LOCAL_SOURCE, CVDF_SOURCE, CACHE_SOURCE, YOUTUBE_SOURCE, TREE_SOURCE = "local", "cvdf", "cache", "youtube", "tree"
+SOURCE_KINDS = (LOCAL_SOURCE, CVDF_SOURCE, CACHE_SOURCE, YOUTUBE_SOURCE, TREE_SOURCE)
+
 SPLITS = ("train", "val", "test")
 UNKNOWN_SPLIT = "unknown"
 
@@ -140,6 +145,21 @@ class ClipRecord:
     params = _mapping("params")  # {kind: the options it was made with}
     sizes = _mapping("sizes")  # {kind: bytes}
     seconds = _mapping("seconds")  # {phase: seconds}
+
+    @property
+    def source_kind(self):
+        """Which kind of source the record's video came from (SOURCE_KINDS), or "" when it says
+        nothing. Records written before the field existed: a CVDF member's `source` names it, and
+        an `exists` record without a source found its video in the tree."""
+        kind = self._fields.get("source_kind")
+        if kind:
+            return kind
+        source = self._fields.get("source") or ""
+        if source.startswith("cvdf:"):
+            return CVDF_SOURCE
+        if not source and self.status == EXISTS:
+            return TREE_SOURCE
+        return ""
 
     @property
     def permanent(self):
