@@ -121,3 +121,11 @@ def test_source_kind_from_the_field_or_from_an_older_record():
     assert ClipRecord({"status": OK, "source": "cvdf:part.tar.gz:a.mp4"}).source_kind == CVDF_SOURCE
     assert ClipRecord({"status": EXISTS}).source_kind == TREE_SOURCE
     assert ClipRecord({"status": OK, "source": "https://www.youtube.com/watch?v=x"}).source_kind == ""
+
+
+def test_made_records_say_their_source_kind_after_their_source():
+    from transforms.records import Clip, ClipRecord
+    clip = Clip("val", "zumba", 399, "zumba", "abcdefghijk", 1.0, 11.0, "abcdefghijk_000001_000011", "val.csv", 2, (0, 2))
+    rec = ClipRecord.made(clip, None, "/v/a.mp4", {"video": "v.mp4"}, {"video": 9}, {}, {}, {}, "local")
+    keys = list(rec.to_dict())
+    assert rec.source_kind == "local" and keys.index("source_kind") == keys.index("source") + 1

@@ -19,7 +19,7 @@ from transforms.fetch import FetchError, Fetcher, source_url, windows
 from transforms.flow import grey_frames, write_flow
 from transforms.layout import PREFIXES
 from transforms.ledger import Ledger
-from transforms.plan import FETCH, MAKE, REFRESH, SKIP, flow_to_make, layout_for, output_params, plan
+from transforms.plan import FETCH, MAKE, REFRESH, SKIP, SOURCE_KIND, flow_to_make, layout_for, output_params, plan
 from transforms.records import CORRUPT, EXISTS, FAILED, MISSING, OK, Clip, ClipRecord
 from transforms.video import VideoError, VideoOptions, display_size, frame_size, process
 
@@ -71,7 +71,7 @@ def process_clip(job, settings, fetched=None):
             outputs[kind] = job.make[kind]
             params[kind] = output_params(settings)[kind]
     seconds = {"fetch": round(took, 3), **result.pop("seconds")}
-    return ClipRecord.made(clip, kept, name, outputs, sizes, params, seconds, result)
+    return ClipRecord.made(clip, kept, name, outputs, sizes, params, seconds, result, SOURCE_KIND[job.source])
 
 
 def flow_source(record, settings, layout, work):

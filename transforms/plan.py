@@ -9,7 +9,8 @@ import typing
 
 from transforms.layout import Layout
 from transforms.ledger import is_complete
-from transforms.records import Clip, ClipRecord
+from transforms.records import (CACHE_SOURCE, CVDF_SOURCE, LOCAL_SOURCE, TREE_SOURCE, YOUTUBE_SOURCE, Clip,
+                                ClipRecord)
 
 STEP_KINDS = (("fetch", "video"), ("resize", "resized"), ("rgb", "rgb"), ("flow", "flow"))
 DECODED_KINDS = ("video", "resized", "rgb")
@@ -20,8 +21,11 @@ LOCAL = "local"      # a file under --video-root
 FETCH = "fetch"      # a window fetched from YouTube (the clips of one id share it)
 CVDF = "cvdf"        # a member of the CVDF parts (`member`, `data`)
 TREE = "tree"        # the clip's trimmed video already in the output tree
+CACHE = "cache"      # an entry of the shared --clip-cache
 MISSING = "missing"  # none: `reason` says why
 SOURCES = {"local": LOCAL, "youtube": FETCH, "cvdf": CVDF}  # --source: the source of a clip to fetch
+# The record's source_kind for each job source.
+SOURCE_KIND = {LOCAL: LOCAL_SOURCE, CVDF: CVDF_SOURCE, FETCH: YOUTUBE_SOURCE, TREE: TREE_SOURCE, CACHE: CACHE_SOURCE}
 
 # What a job does.
 SKIP = "skip"        # the earlier record leaves nothing to do

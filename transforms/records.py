@@ -223,12 +223,14 @@ class ClipRecord:
         return cls.of(clip, status, reason, attempts=attempts, **({"permanent": True} if permanent else {}))
 
     @classmethod
-    def made(cls, clip, kept, source, outputs, sizes, params, seconds, facts):
-        """Outputs made from `source`: over the earlier record `kept` (None: a new record), with the
-        video stage's `facts` (its result dict, less files and seconds) last."""
+    def made(cls, clip, kept, source, outputs, sizes, params, seconds, facts, source_kind=""):
+        """Outputs made from `source` (of `source_kind`, SOURCE_KINDS): over the earlier record
+        `kept` (None: a new record), with the video stage's `facts` (its result dict, less files
+        and seconds) last."""
         earlier = kept.to_dict() if kept is not None else {}
-        return cls(earlier)._with(cls.of(clip, OK, "", source=source, outputs=outputs, sizes=sizes, params=params,
-                                         seconds=seconds, **facts)._fields)
+        kind = {"source_kind": source_kind} if source_kind else {}
+        return cls(earlier)._with(cls.of(clip, OK, "", source=source, **kind, outputs=outputs, sizes=sizes,
+                                         params=params, seconds=seconds, **facts)._fields)
 
     @classmethod
     def in_tree(cls, clip, earlier, reason, outputs, verified, facts, rgb_frames=0, flow_frames=0):
