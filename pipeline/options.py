@@ -12,7 +12,7 @@ import uuid
 import apache_beam as beam
 import yaml
 
-from transforms import compat, storage
+from transforms import compat, storage, writers
 from transforms.reader import LabelMap, check_trim_format
 from transforms.records import SPLITS
 from transforms.fetch import FetchOptions, parse_ytdlp_opts
@@ -30,6 +30,7 @@ class UsageError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Settings:
     dataset: str
+    published: dict  # the dataset config's published availability figures (writers.published_figures)
     labels: tuple
     annotations: tuple
     output: str
@@ -158,7 +159,7 @@ OPTIONS = {
     "label_map": (str, None, "label map file (one label per line); default: the dataset's own"),
     "progress_interval": (float, 10.0, "seconds between progress lines (at least 10)"),
 }
-DATASET_KEYS = {"name", "label_map", "annotation_sets", "cvdf_parts", "demo"}
+DATASET_KEYS = {"name", "label_map", "annotation_sets", "cvdf_parts", "demo", "published"}
 
 
 def config_dir():
@@ -383,7 +384,16 @@ def _settings(m, args, layers):
         filelist_format=m["filelist_format"], manifest_file_records=m["manifest_file_records"],
         redo=bool(m["redo"]), retry_unavailable=bool(m["retry_unavailable"]),
         progress_interval=max(10.0, m["progress_interval"]),
-        demo=any(layer.get("demo") for layer in layers), run_id=uuid.uuid4().hex)
+        demo=any(layer.get("demo") for layer in layers), run_id=uuid.uuid4().hex, published=check_published(layers))
+
+
+def check_published(layers):
+    """The published availability figures of the last config layer that has them ({} if none)."""
+    figures = next((layer["published"] for layer in reversed(layers) if "published" in layer), None)
+    try:
+        return writers.published_figures(figures)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def check_annotations(m, layers):

@@ -161,7 +161,7 @@ def test_html_counts_and_references(outputs):
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
         _ = p | beam.Create(recs) | report.WriteReport(settings(str(out)))
     page = Page((out / "report.html").read_text())
-    assert page.refs == [report.SHEET]
+    assert page.refs == [report.AVAILABILITY, report.SHEET]
     assert all((out / ref).is_file() for ref in page.refs)
     assert page.value({"split": "train"}, {"status": "ok"}) == "2"
     assert page.value({"split": "train"}, {"status": "missing"}) == "2"

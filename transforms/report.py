@@ -1,9 +1,15 @@
-"""The run report: report.html beside the outputs and report/contact_sheet.png.
+"""The run report: report.html beside the outputs, report/availability.png and report/contact_sheet.png.
 
-The HTML is self-contained (inline CSS, no script) and references only the PNG. It shows
-counts per split and status, per class, the most common failure reasons, seconds and
-throughput per step, bytes per output kind, the shards per split (when the run wrote them), and
-the contact sheet.
+The HTML is self-contained (inline CSS, no script) and references only the PNGs. It shows
+counts per split and status, the availability per split (rows annotated, served by each source
+kind, missing by status, and the dataset's published reference counts: a table and a bar
+chart), per class, the most common failure reasons, seconds and throughput per step, bytes per
+output kind, the shards per split (when the run wrote them), and the contact sheet.
+
+Availability chart: one panel per split, CHART_W pixels wide, CHART_TITLE_H + CHART_ROW_H per
+bar + CHART_PAD high; one horizontal bar per count (chart_bars), all on one scale within the
+panel, each labelled with its name and number (served and missing also as a share of the rows
+annotated).
 
 Contact sheet: a grid of cells CELL_W x CELL_H pixels, COLUMNS wide and 1 + rows high. The
 top row names the columns; then one row per sampled clip: a text cell (class, clip id,
@@ -24,7 +30,8 @@ import cv2
 import numpy as np
 
 from transforms import layout, storage
-from transforms.records import GOOD, STATUSES
+from transforms.records import GOOD, SPLITS, STATUSES, ClipRecord
+from transforms.writers import UNKNOWN_SOURCE, availability
 
 CELL_W, CELL_H = 160, 120
 RGB_COLS, FLOW_COLS = 4, 2
@@ -34,6 +41,8 @@ TOP_REASONS = 20
 MAX_REASONS = 500
 STEPS = ("fetch", "decode", "trim", "resize", "rgb", "flow", "total", "shards")
 SHEET = "report/contact_sheet.png"
+AVAILABILITY = "report/availability.png"
+CHART_W, CHART_LABEL_W, CHART_ROW_H, CHART_TITLE_H, CHART_PAD = 800, 190, 22, 30, 10
 FLOW_ZERO = 127.5  # quantised flow: 128 is no motion, 0/255 are -/+ the bound (20 px by default)
 FLOW_FULL = FLOW_ZERO / 4  # full brightness at a quarter of the bound (5 px)
 
@@ -54,7 +63,8 @@ def _sampleable(rec):
 
 
 class ReportStats(beam.CombineFn):
-    """Records in; counts, failure reasons, seconds per step, bytes and a contact-sheet sample out.
+    """Records in; counts, good records per (split, source kind), failure reasons, seconds per
+    step, bytes and a contact-sheet sample out.
 
     Seconds count only for records of `run_id` (earlier runs' results reused from the ledger
     carry old timings). Reasons are counted by `reason_kind`; past MAX_REASONS kinds the
@@ -67,7 +77,7 @@ class ReportStats(beam.CombineFn):
 
     def create_accumulator(self):
         return {"counts": collections.Counter(), "reasons": collections.Counter(),
-                "seconds": {}, "bytes": collections.Counter(), "sample": {}}
+                "seconds": {}, "bytes": collections.Counter(), "sample": {}, "served": collections.Counter()}
 
     def add_input(self, acc, rec):
         status = rec["status"]
@@ -81,6 +91,7 @@ class ReportStats(beam.CombineFn):
                 acc["seconds"][step] = (total + seconds, n + 1)
         if status in GOOD:
             acc["bytes"].update(rec.get("sizes") or {})
+            acc["served"][(rec["split"], ClipRecord.from_dict(rec).source_kind or UNKNOWN_SOURCE)] += 1
         if _sampleable(rec):
             entry = (_clip_hash(rec), {k: rec.get(k) for k in ("split", "class_dir", "clip_id", "label",
                                                                   "outputs", "rgb_frames", "flow_frames")})
@@ -104,6 +115,7 @@ class ReportStats(beam.CombineFn):
             out["reasons"].update(acc["reasons"])
             self._bound(out["reasons"])
             out["bytes"].update(acc["bytes"])
+            out["served"].update(acc["served"])
             for step, (total, n) in acc["seconds"].items():
                 t0, n0 = out["seconds"].get(step, (0.0, 0))
                 out["seconds"][step] = (t0 + total, n0 + n)
@@ -115,7 +127,7 @@ class ReportStats(beam.CombineFn):
     def extract_output(self, acc):
         picked = sorted(acc["sample"].values(), key=lambda e: e[0])[:self.rows]
         return {"counts": dict(acc["counts"]), "reasons": dict(acc["reasons"]),
-                "seconds": dict(acc["seconds"]), "bytes": dict(acc["bytes"]),
+                "seconds": dict(acc["seconds"]), "bytes": dict(acc["bytes"]), "served": dict(acc["served"]),
                 "sample": sorted((e for _, e in picked), key=lambda e: (e["class_dir"], e["split"], e["clip_id"]))}
 
 
@@ -225,6 +237,103 @@ def contact_sheet(sample, output, frame_base=1):
     return np.vstack([np.hstack(cells) for cells in rows])
 
 
+# ---- availability
+
+def stats_availability(stats, published):
+    """writers.availability of the report's stats: {"splits": {split: {...}}, "references": {...}}."""
+    counts, served = collections.defaultdict(collections.Counter), collections.defaultdict(collections.Counter)
+    for (split, _, status), n in stats["counts"].items():
+        counts[split][status] += n
+    for (split, kind), n in (stats.get("served") or {}).items():
+        served[split][kind] += n
+    return availability(counts, served, published or {})
+
+
+ANNOTATED_COLOUR, SERVED_COLOUR, MISSING_COLOUR, PUBLISHED_COLOUR = (
+    (150, 150, 150), (80, 160, 60), (60, 60, 200), (190, 120, 40))  # BGR: grey, green, red, blue
+
+
+def chart_bars(entry):
+    """[(label, count, colour, share of the rows annotated or None)] of one split's availability:
+    annotated, served (all sources, when more than one served), served by each source kind,
+    missing by status, then each published reference."""
+    annotated = entry["annotated"]
+    share = (lambda n: n / annotated) if annotated else (lambda n: None)
+    served = entry["served"]
+    bars = [("annotated", annotated, ANNOTATED_COLOUR, None)]
+    if len(served) > 1:
+        total = sum(served.values())
+        bars.append(("served: all sources", total, SERVED_COLOUR, share(total)))
+    bars += [(f"served: {kind}", n, SERVED_COLOUR, share(n)) for kind, n in served.items()]
+    bars += [(f"missing: {status}", n, MISSING_COLOUR, share(n)) for status, n in entry["missing"].items()]
+    bars += [(f"published: {ref}", n, PUBLISHED_COLOUR, None) for ref, n in entry["published"].items()]
+    return bars
+
+
+def _panel(split, entry, dataset):
+    bars = chart_bars(entry)
+    img = np.full((CHART_TITLE_H + CHART_ROW_H * len(bars) + CHART_PAD, CHART_W, 3), 255, np.uint8)
+    cv2.putText(img, f"{dataset} {split}: availability", (8, 20), FONT, 0.55, (30, 30, 30), 1, cv2.LINE_AA)
+    cv2.line(img, (0, 0), (CHART_W - 1, 0), (200, 200, 200), 1)
+    top = max((n for _, n, _, _ in bars), default=0) or 1
+    numbers_w = 150
+    span = CHART_W - CHART_LABEL_W - numbers_w - 8
+    for i, (label, n, colour, part) in enumerate(bars):
+        y = CHART_TITLE_H + i * CHART_ROW_H
+        cv2.putText(img, label, (8, y + 15), FONT, 0.42, (30, 30, 30), 1, cv2.LINE_AA)
+        width = round(span * n / top)
+        if width:
+            cv2.rectangle(img, (CHART_LABEL_W, y + 3), (CHART_LABEL_W + width - 1, y + CHART_ROW_H - 4), colour, -1)
+        text = f"{n:,}" + (f" ({_percent(part)})" if part is not None else "")
+        cv2.putText(img, text, (CHART_LABEL_W + width + 6, y + 15), FONT, 0.42, (30, 30, 30), 1, cv2.LINE_AA)
+    return img
+
+
+def _percent(part):
+    return "<0.1 %" if 0 < part < 0.0005 else f"{100 * part:.1f} %"
+
+
+def in_split_order(splits):
+    """[(split, entry)] of {split: entry}: train, val, test, then any other (unknown) by name."""
+    return sorted(splits.items(), key=lambda kv: (SPLITS.index(kv[0]) if kv[0] in SPLITS else len(SPLITS), kv[0]))
+
+
+def availability_chart(splits, dataset=""):
+    """The chart as a BGR image: one panel per split of `splits` ({split: availability entry}),
+    train, val, test, then the others; None when there is no split."""
+    if not splits:
+        return None
+    return np.vstack([_panel(split, entry, dataset) for split, entry in in_split_order(splits)])
+
+
+def png_bytes(img):
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+def _availability(avail):
+    """The availability table: a row per split; served by kind, missing by status, published by
+    reference (blank where the split has no figure)."""
+    splits = avail["splits"]
+    kinds = sorted({k for e in splits.values() for k in e["served"]})
+    statuses = [s for s in STATUSES if any(s in e["missing"] for e in splits.values())]
+    refs = sorted(avail["references"])
+    header = (["split", "annotated"] + [f"served: {k}" for k in kinds] + ["served"]
+              + [f"missing: {s}" for s in statuses] + [f"published: {r}" for r in refs])
+    rows = []
+    for split, e in in_split_order(splits):
+        cells = ([("", split), (_attr(col="annotated"), e["annotated"])]
+                 + [(_attr(col=f"served-{k}"), e["served"].get(k, 0)) for k in kinds]
+                 + [(_attr(col="served"), sum(e["served"].values()))]
+                 + [(_attr(col=f"missing-{s}"), e["missing"].get(s, 0)) for s in statuses]
+                 + [(_attr(col=f"published-{r}"), f"{e['published'][r]:,}" if r in e["published"] else "")
+                    for r in refs])
+        rows.append((_attr(availability=split), cells))
+    sources = "".join(f"<li>{html.escape(r)}: {html.escape(src)}</li>" for r, src in avail["references"].items())
+    cited = (f"<p>Published reference counts (clips of the split a known copy holds):</p><ul>{sources}</ul>"
+             if sources else "<p>No published reference counts for this dataset.</p>")
+    return _table("availability", header, rows) + cited
+
+
 # ---- HTML
 
 CSS = ("body{font:14px sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:0 0 1.5em}"
@@ -304,8 +413,9 @@ def _shards(shards):
     return _table("shards", ["split", "shards", "clips", "bytes", "size", "built this run"], rows)
 
 
-def render_html(stats, settings, sheet, shards=None):
-    """The page; `shards`: WriteShards' summaries, or None when the run had no shards step."""
+def render_html(stats, settings, sheet, shards=None, chart=False):
+    """The page; `shards`: WriteShards' summaries, or None when the run had no shards step;
+    `chart`: whether report/availability.png was written."""
     counts = stats["counts"]
     splits = sorted({s for s, _, _ in counts})
     statuses = [s for s in STATUSES if any(st == s for _, _, st in counts)]
@@ -320,6 +430,9 @@ def render_html(stats, settings, sheet, shards=None):
     timing = _throughput(seconds) if seconds else "<p>No step ran.</p>"
     packed = (f"<h2>Shards</h2><p>WebDataset tars under <code>shards/</code>; a shard whose inputs did not "
               f"change since the last run is kept as it is.</p>{_shards(shards)}" if shards is not None else "")
+    avail = stats_availability(stats, getattr(settings, "published", None))
+    drawn = (f'<p><img src="{AVAILABILITY}" alt="availability per split" width="{CHART_W}"></p>' if chart
+             else "")
     title = html.escape(f"kinetics-prep report: {settings.dataset}")
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{CSS}</style></head><body><h1>{title}</h1>"
@@ -327,6 +440,8 @@ def render_html(stats, settings, sheet, shards=None):
             f"{html.escape(', '.join(settings.steps))}. Every failure is listed in "
             f"<code>failures.csv</code>, every clip in <code>manifest/</code>.</p>"
             f"<h2>Clips per split and status</h2>{_summary(counts, splits, statuses)}"
+            f"<h2>Availability</h2><p>Per split: the rows annotated, the clips each kind of source served, "
+            f"the rest by status, and the published reference counts.</p>{_availability(avail)}{drawn}"
             f"<h2>Contact sheet</h2><p>One sampled clip per row: RGB frames spread over the clip, then "
             f"optical flow (hue = direction, brightness = magnitude).</p>{picture}"
             f"<h2>Failure reasons</h2>{reasons if top else '<p>None.</p>'}"
@@ -336,7 +451,15 @@ def render_html(stats, settings, sheet, shards=None):
 
 
 def write_report(stats, settings, shards=None):
-    """Write report/contact_sheet.png (when a clip can be shown) and report.html; return the html url."""
+    """Write report/availability.png (when the run has a split), report/contact_sheet.png (when a
+    clip can be shown) and report.html; return the html url. A PNG not drawn is removed."""
+    chart_url = storage.join(settings.output, AVAILABILITY)
+    chart = availability_chart(stats_availability(stats, getattr(settings, "published", None))["splits"],
+                               settings.dataset)
+    if chart is not None:
+        storage.write_bytes(chart_url, png_bytes(chart))
+    else:
+        storage.remove(chart_url)
     sheet_url = storage.join(settings.output, SHEET)
     sheet = None
     if stats["sample"]:
@@ -345,12 +468,13 @@ def write_report(stats, settings, shards=None):
     else:
         storage.remove(sheet_url)
     url = storage.join(settings.output, "report.html")
-    storage.write_text(url, render_html(stats, settings, sheet is not None, shards))
+    storage.write_text(url, render_html(stats, settings, sheet is not None, shards, chart is not None))
     return url
 
 
 class WriteReport(beam.PTransform):
-    """All records in; report.html and report/contact_sheet.png written; the html url out.
+    """All records in; report.html, report/availability.png and report/contact_sheet.png written;
+    the html url out.
     `shards`: WriteShards' output (one summary per split), read as a side input, or None."""
 
     def __init__(self, settings, shards=None):

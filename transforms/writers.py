@@ -27,7 +27,7 @@ from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
 from transforms import filelists, runs, storage
 from transforms.ledger import dump
-from transforms.records import GOOD
+from transforms.records import GOOD, SPLITS, ClipRecord
 
 FAILURE_COLUMNS = ("split", "label", "youtube_id", "time_start", "time_end", "status", "reason")
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -69,6 +69,47 @@ def failure_line(record):
 def failures_csv(pieces):
     """failures.csv's bytes from the bytes of its ranges, already in order."""
     return b"".join([_csv_line(FAILURE_COLUMNS).encode("utf-8"), *pieces])
+
+
+UNKNOWN_SOURCE = "unknown"  # a good record that does not say where its video came from
+
+
+def published_figures(config):
+    """The dataset config's `published` mapping checked: {reference: {"source": citation, split: count}}
+    ({} when absent). Raises ValueError naming what is wrong."""
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError("published: a mapping of reference: {source: ..., train: N, ...}")
+    out = {}
+    for ref, entry in config.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str) or not entry["source"].strip():
+            raise ValueError(f"published.{ref}: a mapping with a source (where the figures are published)")
+        wrong = [k for k, v in entry.items() if k != "source" and (k not in SPLITS or isinstance(v, bool)
+                                                                   or not isinstance(v, int) or v < 0)]
+        if wrong:
+            raise ValueError(f"published.{ref}: {', '.join(map(str, wrong))}: not a split with a clip count "
+                             f"(train, val, test: N >= 0)")
+        out[str(ref)] = {"source": entry["source"].strip(),
+                         **{split: entry[split] for split in SPLITS if split in entry}}
+    return out
+
+
+def availability(counts_by_split, served_by_split, published):
+    """{split: {"annotated", "served", "missing", "published"}} and the references' sources:
+
+    annotated: the split's annotation rows (records) in the run; served: {source kind: good
+    records}; missing: {status: records} of the rest; published: {reference: count} of the
+    `published` figures (published_figures) for the split, none when it has none."""
+    splits = {}
+    for split, counts in sorted(counts_by_split.items()):
+        served = served_by_split.get(split) or {}
+        splits[split] = {
+            "annotated": sum(counts.values()),
+            "served": {kind: n for kind, n in sorted(served.items()) if n},
+            "missing": {status: n for status, n in sorted(counts.items()) if status not in GOOD and n},
+            "published": {ref: figures[split] for ref, figures in sorted(published.items()) if split in figures}}
+    return {"splits": splits, "references": {ref: figures["source"] for ref, figures in sorted(published.items())}}
 
 
 def summary(counts_by_split):
@@ -126,15 +167,17 @@ def part_of(record, plans, flat=False):
 
 
 def record_entry(record, flat=False):
-    """What a manifest part needs of one record: [manifest line, status, file-list lines by kind].
-    Made before the records of a part are sorted, so a part holds text, not records."""
+    """What a manifest part needs of one record: [manifest line, status, file-list lines by kind,
+    source kind of a good record ("" for the rest)]. Made before the records of a part are sorted,
+    so a part holds text, not records."""
     good = record["status"] in GOOD
     return [dump(record).decode("utf-8") + "\n", record["status"],
-            {kind: filelists.line(record, kind, flat) for kind in filelists.KINDS} if good else {}]
+            {kind: filelists.line(record, kind, flat) for kind in filelists.KINDS} if good else {},
+            (ClipRecord.from_dict(record).source_kind or UNKNOWN_SOURCE) if good else ""]
 
 
 def entry_size(entry):
-    json_line, _, lines = entry
+    json_line, _, lines, _ = entry
     return len(json_line) + sum(len(line or "") for line in lines.values())
 
 
@@ -151,8 +194,9 @@ def failure_range(grouped):
 
 
 class WritePart(beam.DoFn):
-    """One range of a split's records in; its manifest file written. Yields the part's name and
-    counts; tagged `lists`: ((split, kind), (index, its lines)) when the run lists the split."""
+    """One range of a split's records in; its manifest file written. Yields the part's name, its
+    counts by status and its good records' counts by source kind (`served`); tagged `lists`:
+    ((split, kind), (index, its lines)) when the run lists the split."""
 
     def __init__(self, settings):
         self.settings = settings
@@ -161,11 +205,12 @@ class WritePart(beam.DoFn):
         (split, index), groups = joined
         entries = [entry for _, entry in runs.merged(groups["pieces"])]
         name = manifest_name(split, index, plans[split]["files"])
-        storage.write_text(storage.join(self.settings.output, name), "".join(json for json, _, _ in entries))
-        yield {"split": split, "manifest": name, "counts": dict(collections.Counter(s for _, s, _ in entries))}
+        storage.write_text(storage.join(self.settings.output, name), "".join(json for json, _, _, _ in entries))
+        yield {"split": split, "manifest": name, "counts": dict(collections.Counter(s for _, s, _, _ in entries)),
+               "served": dict(collections.Counter(kind for _, _, _, kind in entries if kind))}
         if split in self.settings.splits and "filelists" in self.settings.steps:
             for kind in filelists.KINDS:
-                text = "".join(lines.get(kind) or "" for _, _, lines in entries)
+                text = "".join(lines.get(kind) or "" for _, _, lines, _ in entries)
                 yield beam.pvalue.TaggedOutput("lists", ((split, kind), (index, text, len(entries))))
 
 
@@ -196,7 +241,7 @@ def empty_parts(parts, settings):
     for split in settings.splits:
         if split not in have:
             storage.write_bytes(storage.join(settings.output, manifest_name(split)), b"")
-            out.append({"split": split, "manifest": manifest_name(split), "counts": {}})
+            out.append({"split": split, "manifest": manifest_name(split), "counts": {}, "served": {}})
     return out
 
 
@@ -209,11 +254,12 @@ def remove_stale_lists(written, settings):
             storage.remove(storage.join(settings.output, name))
 
 
-def split_counts(parts):
-    """{split: Counter of statuses} over manifest parts (a split whose parts are empty: {})."""
+def split_counts(parts, field="counts"):
+    """{split: Counter of statuses} over manifest parts (a split whose parts are empty: {});
+    field="served": {split: Counter of the good records' source kinds}."""
     counts = collections.defaultdict(collections.Counter)
     for part in parts:
-        counts[part["split"]].update(part["counts"])
+        counts[part["split"]].update(part.get(field) or {})
     return counts
 
 
@@ -225,7 +271,9 @@ def write_run(_, parts, lists, failures, plans, settings, label_map_text):
     check_complete(split_counts(parts), plans)
     parts = list(parts) + empty_parts(parts, settings)
     storage.write_bytes(storage.join(out, "failures.csv"), failures_csv(data for _, data in sorted(failures)))
-    result = summary(split_counts(parts))
+    counts = split_counts(parts)
+    result = summary(counts)
+    result["availability"] = availability(counts, split_counts(parts, "served"), settings.published)
     storage.write_text(storage.join(out, "summary.json"), json.dumps(result, indent=2) + "\n")
     storage.write_text(storage.join(out, "label_map.txt"), label_map_text)
     keep = {storage.join(out, p["manifest"]) for p in parts}
