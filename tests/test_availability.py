@@ -119,7 +119,7 @@ def test_entries_and_parts_count_source_kinds():
     recs = [record("val", "x", 1, source_kind="cvdf"), record("val", "x", 2, source="cvdf:part_1.tar.gz/a.mp4"),
             record("val", "x", 3, "exists"), record("val", "x", 4, source="/videos/b.mp4"),
             record("val", "x", 5, "missing", "gone", source_kind="local"), record("val", "x", 6, source_kind="youtube")]
-    kinds = [writers.record_entry(r)[3] for r in recs]
+    kinds = [writers.record_entry(r)[2].get(writers.SERVED, "") for r in recs]
     assert kinds == ["cvdf", "cvdf", "tree", writers.UNKNOWN_SOURCE, "", "youtube"]
     parts = [{"split": "val", "counts": {"ok": 2}, "served": {"cvdf": 2}},
              {"split": "val", "counts": {"ok": 1, "missing": 1}, "served": {"youtube": 1}},
@@ -173,9 +173,9 @@ def test_report_stats_count_served_like_the_summary():
     for r in recs:
         counts[r["split"]][r["status"]] += 1
     for r in recs:
-        entry = writers.record_entry(r)
-        if entry[3]:
-            served[r["split"]][entry[3]] += 1
+        kind = writers.record_entry(r)[2].get(writers.SERVED)
+        if kind:
+            served[r["split"]][kind] += 1
     assert avail == writers.availability(counts, served, writers.published_figures(PUBLISHED))
     assert avail["splits"]["val"] == {"annotated": 5, "served": {"cvdf": 3, "tree": 1}, "missing": {"missing": 1},
                                       "published": {"cvdf": 4, "mmaction2": 3}}

@@ -280,13 +280,23 @@ def _panel(split, entry, dataset):
     span = CHART_W - CHART_LABEL_W - numbers_w - 8
     for i, (label, n, colour, part) in enumerate(bars):
         y = CHART_TITLE_H + i * CHART_ROW_H
-        cv2.putText(img, label, (8, y + 15), FONT, 0.42, (30, 30, 30), 1, cv2.LINE_AA)
+        cv2.putText(img, _fitted(label, 0.42, CHART_LABEL_W - 14), (8, y + 15), FONT, 0.42, (30, 30, 30), 1,
+                    cv2.LINE_AA)
         width = round(span * n / top)
         if width:
             cv2.rectangle(img, (CHART_LABEL_W, y + 3), (CHART_LABEL_W + width - 1, y + CHART_ROW_H - 4), colour, -1)
         text = f"{n:,}" + (f" ({_percent(part)})" if part is not None else "")
         cv2.putText(img, text, (CHART_LABEL_W + width + 6, y + 15), FONT, 0.42, (30, 30, 30), 1, cv2.LINE_AA)
     return img
+
+
+def _fitted(text, scale, width):
+    """`text`, cut short with ".." when it is wider than `width` pixels."""
+    if cv2.getTextSize(text, FONT, scale, 1)[0][0] <= width:
+        return text
+    while text and cv2.getTextSize(text + "..", FONT, scale, 1)[0][0] > width:
+        text = text[:-1]
+    return text + ".."
 
 
 def _percent(part):

@@ -72,6 +72,7 @@ def failures_csv(pieces):
 
 
 UNKNOWN_SOURCE = "unknown"  # a good record that does not say where its video came from
+SERVED = "served"  # a manifest entry's source kind, beside its file-list lines (not a file-list kind)
 
 
 def published_figures(config):
@@ -167,17 +168,17 @@ def part_of(record, plans, flat=False):
 
 
 def record_entry(record, flat=False):
-    """What a manifest part needs of one record: [manifest line, status, file-list lines by kind,
-    source kind of a good record ("" for the rest)]. Made before the records of a part are sorted,
-    so a part holds text, not records."""
+    """What a manifest part needs of one record: [manifest line, status, what a good record adds
+    (its file-list lines by kind, and its source kind under SERVED; {} for the rest)]. Made before
+    the records of a part are sorted, so a part holds text, not records."""
     good = record["status"] in GOOD
     return [dump(record).decode("utf-8") + "\n", record["status"],
-            {kind: filelists.line(record, kind, flat) for kind in filelists.KINDS} if good else {},
-            (ClipRecord.from_dict(record).source_kind or UNKNOWN_SOURCE) if good else ""]
+            {**{kind: filelists.line(record, kind, flat) for kind in filelists.KINDS},
+             SERVED: ClipRecord.from_dict(record).source_kind or UNKNOWN_SOURCE} if good else {}]
 
 
 def entry_size(entry):
-    json_line, _, lines, _ = entry
+    json_line, _, lines = entry
     return len(json_line) + sum(len(line or "") for line in lines.values())
 
 
@@ -205,12 +206,12 @@ class WritePart(beam.DoFn):
         (split, index), groups = joined
         entries = [entry for _, entry in runs.merged(groups["pieces"])]
         name = manifest_name(split, index, plans[split]["files"])
-        storage.write_text(storage.join(self.settings.output, name), "".join(json for json, _, _, _ in entries))
-        yield {"split": split, "manifest": name, "counts": dict(collections.Counter(s for _, s, _, _ in entries)),
-               "served": dict(collections.Counter(kind for _, _, _, kind in entries if kind))}
+        storage.write_text(storage.join(self.settings.output, name), "".join(json for json, _, _ in entries))
+        yield {"split": split, "manifest": name, "counts": dict(collections.Counter(s for _, s, _ in entries)),
+               "served": dict(collections.Counter(lines[SERVED] for _, _, lines in entries if SERVED in lines))}
         if split in self.settings.splits and "filelists" in self.settings.steps:
             for kind in filelists.KINDS:
-                text = "".join(lines.get(kind) or "" for _, _, lines, _ in entries)
+                text = "".join(lines.get(kind) or "" for _, _, lines in entries)
                 yield beam.pvalue.TaggedOutput("lists", ((split, kind), (index, text, len(entries))))
 
 
