@@ -6,6 +6,7 @@ workers never read YAML or the command line.
 import argparse
 import dataclasses
 import importlib.resources
+import pathlib
 import os
 import uuid
 
@@ -163,6 +164,12 @@ DATASET_KEYS = {"name", "label_map", "annotation_sets", "cvdf_parts", "demo", "p
 
 
 def config_dir():
+    """The dataset configs: the `configs/` of the source checkout this code runs from (setup.py
+    beside `pipeline/`), so a checkout never reads another one's installed configs; else the
+    installed package's."""
+    checkout = pathlib.Path(__file__).resolve().parent.parent
+    if (checkout / "setup.py").is_file() and (checkout / "configs" / "__init__.py").is_file():
+        return checkout / "configs"
     try:
         return importlib.resources.files("pipeline.configs")
     except ModuleNotFoundError:
