@@ -241,3 +241,54 @@ def test_a_clip_no_source_serves_says_what_each_source_said(chain_run):
                "cvdf: no nowhere0001_000000_000003.* in the CVDF parts; youtube: ")
     assert gone["reason"].startswith(mirrors) and "404" in gone["reason"][len(mirrors):]
     assert gone["permanent"] is True and gone["attempts"] == 1  # YouTube's word, whose status it keeps
+
+
+def test_the_graph_of_a_list_chains_one_stage_a_source_and_a_single_source_keeps_its_own():
+    import apache_beam as beam
+
+    from pipeline import build
+
+    def transforms(*argv):
+        s = resolve(["--dataset", "kinetics400", "--annotations", "a.csv", "--output", "o", "--steps", "fetch",
+                     "--video-root", "v", *argv])[0]
+        p = beam.Pipeline()
+        build.build(p, s)
+        return {t.unique_name: t for t in p.to_runner_api().components.transforms.values()}
+    chained = transforms("--source", "local,cvdf,youtube")
+    outputs = {name: set(chained[name].outputs) for name in ("LocalClips", "ProcessClips", "FetchClips")}
+    assert outputs == {"LocalClips": {"None", "next"}, "ProcessClips": {"None", "next"},
+                       "FetchClips": {"None"}}  # the last source passes nothing on
+    # the CVDF stage reads the jobs local passed on; YouTube groups those CVDF passed on
+    assert set(chained["CVDF/ById"].inputs.values()) == {chained["LocalClips"].outputs["next"]}
+    assert set(chained["ByYouTubeId"].inputs.values()) == {chained["ProcessClips"].outputs["next"]}
+    alone = transforms("--source", "youtube")
+    assert "LocalClips" not in alone and "CVDF" not in alone and set(alone["FetchClips"].outputs) == {"None"}
+
+
+def test_youtube_first_passes_what_it_cannot_fetch_to_local(tmp_path):
+    """--source youtube,local: a clip YouTube does not have (HTTP 404, a fetch failure) goes on to local."""
+    root = tmp_path / "local"
+    make_video(root / "notonyt0001_000000_000003.mp4", seconds=3, fps=10, width=96, height=64)
+    youtube = fs.make_video(tmp_path / "youtube.mp4", 6, fps=10, width=96, height=64)
+    ann = write_csv(tmp_path / "val.csv", HEAD + "abseiling,onyoutube01,1,3,val\nabseiling,notonyt0001,0,3,val\n"
+                                                 "abseiling,nowhere0002,0,3,val\n")
+    out = tmp_path / "out"
+    fetch._WORKER = fetch.WorkerState()
+    try:
+        with fs.FaultServer() as server:
+            server.add("onyoutube01", youtube)
+            assert run_cli("--dataset", "kinetics400", "--annotations", ann, "--output", out,
+                           "--source", "youtube,local", "--video-root", root, "--url-template", server.url_template(),
+                           "--retries", "1", "--clip-timeout", "60", "--socket-timeout", "5", "--steps", "fetch") == 0
+            assert server.stats("notonyt0001").requests > 0
+    finally:
+        fetch._WORKER = fetch.WorkerState()
+    recs = {r["youtube_id"]: r for r in read_records(out)}
+    assert {k: (r["status"], r.get("source_kind")) for k, r in recs.items()} == {
+        "onyoutube01": ("ok", "youtube"), "notonyt0001": ("ok", "local"), "nowhere0002": ("unavailable", None)}
+    assert recs["notonyt0001"]["source"] == str(root / "notonyt0001_000000_000003.mp4")
+    assert "bytes_fetched" not in recs["notonyt0001"]  # served by local: no fetch facts
+    gone = recs["nowhere0002"]["reason"]
+    assert gone.startswith("youtube: not found (HTTP 404)") and gone.endswith(
+        f"; local: no video for nowhere0002_000000_000003 under {root}")
+    assert recs["nowhere0002"].get("permanent") is None  # local's missing was last; YouTube's status ranks first
