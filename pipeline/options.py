@@ -380,7 +380,8 @@ def _settings(m, args, layers):
                                "upscale", "x264_preset", "crf", "new_short", "new_width", "new_height",
                                "frame_index_base", "flow_algorithm", "flow_bound")}
     return Settings(
-        **video, **annotations, source=",".join(check_sources(m)), video_root=video_root, cvdf_parts=cvdf_parts, fetch=fetch,
+        **video, **annotations, source=",".join(check_sources(m)), video_root=video_root, cvdf_parts=cvdf_parts,
+        fetch=fetch,
         flow_resource_hints=flow_resource_hints,
         shard_size_mb=m["shard_size_mb"], clips_per_shard=m["clips_per_shard"],
         shard_frames=bool(m["shard_frames"]),

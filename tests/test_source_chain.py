@@ -172,8 +172,8 @@ def chain_run(tmp_path_factory):
                                     for yid in ("cvdfonly001", "corrupt0001", "bothlocal01")})
     _part(parts / "part_1.tar.gz", {"val/unwanted000_000000_000003.mp4": data})
     youtube = fs.make_video(tmp / "youtube.mp4", 6, fps=10, width=96, height=64)
-    rows = [f"abseiling,{yid},0,3,val" for yid in
-            ("localonly01", "bothlocal01", "cvdfonly001", "corrupt0001", "nowhere0001")] + ["archery,ytonly00001,1,3,val"]
+    mirrored = ("localonly01", "bothlocal01", "cvdfonly001", "corrupt0001", "nowhere0001")
+    rows = [f"abseiling,{yid},0,3,val" for yid in mirrored] + ["archery,ytonly00001,1,3,val"]
     ann = write_csv(tmp / "val.csv", HEAD + "\n".join(rows) + "\n")
     out = tmp / "out"
     log = []

@@ -25,14 +25,13 @@ TREE = "tree"        # the clip's trimmed video already in the output tree
 CACHE = "cache"      # an entry of the shared --clip-cache
 MISSING = "missing"  # none: `reason` says why
 SOURCES = {"local": LOCAL, "youtube": FETCH, "cvdf": CVDF}  # --source: the source of a clip to fetch
-NAMES = {job_source: name for name, job_source in SOURCES.items()}  # a job source's --source name
 # The record's source_kind for each job source.
 SOURCE_KIND = {LOCAL: LOCAL_SOURCE, CVDF: CVDF_SOURCE, FETCH: YOUTUBE_SOURCE, TREE: TREE_SOURCE, CACHE: CACHE_SOURCE}
 
 # The statuses a source's attempt ends with that move a clip on to the next source of --source:
 # every failure of the video stage, since a later source may have a usable copy.
 MOVES_ON = (MISSING_STATUS, CORRUPT, SHORT, FAILED, UNAVAILABLE, NETWORK, RATE_LIMITED)
-# A clip no source served gets the most telling of their statuses, first here first: what the
+# A clip no source served gets the most telling of their statuses, the earliest here: what the
 # video is (gone from YouTube, a broken or short copy), then what went wrong, then mere absence.
 TELLING = (UNAVAILABLE, CORRUPT, SHORT, FAILED, RATE_LIMITED, NETWORK, MISSING_STATUS)
 
