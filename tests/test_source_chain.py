@@ -292,3 +292,22 @@ def test_youtube_first_passes_what_it_cannot_fetch_to_local(tmp_path):
     assert gone.startswith("youtube: not found (HTTP 404)") and gone.endswith(
         f"; local: no video for nowhere0002_000000_000003 under {root}")
     assert recs["nowhere0002"].get("permanent") is None  # local's missing was last; YouTube's status ranks first
+
+
+def test_dataflow_refuses_local_cvdf_parts():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.cli import check_remote_paths
+
+    def refused(*argv):
+        s = resolve(["--dataset", "kinetics400", "--annotations", "gs://b/a.csv", "--output", "gs://b/o",
+                     "--steps", "fetch", *argv])[0]
+        try:
+            check_remote_paths(s, PipelineOptions(["--runner=DataflowRunner"]))
+        except UsageError as e:
+            return str(e)
+        return ""
+    assert refused("--source", "local,cvdf", "--video-root", "gs://b/v", "--cvdf-parts", "parts").endswith(
+        f"upload them and pass gs:// URLs: --cvdf-parts {os.path.abspath('parts')}")
+    assert refused("--source", "local,cvdf", "--video-root", "gs://b/v", "--cvdf-parts", "gs://b/parts") == ""
+    assert refused("--source", "cvdf,youtube") == ""  # the dataset config's part lists are https URLs
