@@ -1,7 +1,8 @@
 """Pipeline assembly: annotations -> clips -> results -> outputs."""
 import apache_beam as beam
 
-from transforms.clips import CheckAndProcess, CheckLedger, ComputeFlow, FetchClips, ProcessClips
+from transforms.clips import NEXT, CheckAndProcess, CheckLedger, ComputeFlow, FetchClips, ProcessClips
+from transforms.plan import chain
 from transforms.reader import AnnotationReader, ReadAnnotations
 from transforms.records import Clip
 from transforms.report import WriteReport
@@ -20,18 +21,20 @@ def build(p, settings):
     rows = p | "ReadAnnotations" >> ReadAnnotations(settings.annotations, annotation_reader(settings),
                                                     (settings.output, settings.run_id))
     shuffled = rows | "Reshuffle" >> beam.Reshuffle()
-    fetching = "fetch" in settings.steps and settings.source in ("youtube", "cvdf")
+    sources = chain(settings)
+    fetching = "fetch" in settings.steps and sources != ("local",)
     if fetching:
         checked = shuffled | "CheckLedger" >> beam.ParDo(CheckLedger(settings)).with_outputs("todo", main="done")
-        if settings.source == "youtube":
-            results = (checked.todo
-                       | "ByYouTubeId" >> beam.Map(lambda job: (job.clip.youtube_id, job))
-                       | "GroupByYouTubeId" >> beam.GroupByKey()
-                       | "FetchClips" >> beam.ParDo(FetchClips(settings)))
-        else:
-            results = (p | "CVDF" >> FromCVDF(settings, checked.todo)
-                       | "ProcessClips" >> beam.ParDo(ProcessClips(settings)))
-        records = (checked.done, results) | "AllRecords" >> beam.Flatten()
+        served, todo = [checked.done], checked.todo
+        for i, name in enumerate(sources):
+            last = i == len(sources) - 1
+            results = source_stage(p, todo, settings, name, last)
+            if last:
+                served.append(results)
+            else:
+                served.append(results.records)
+                todo = results[NEXT]
+        records = tuple(served) | "AllRecords" >> beam.Flatten()
     else:  # every record comes out of one step: no Flatten for a runner to hold whole
         records = shuffled | "ProcessClips" >> beam.ParDo(CheckAndProcess(settings))
     if "flow" in settings.steps:
@@ -54,6 +57,25 @@ def row_of(row):
 def rows_of(rows):
     """(split, order) of every row read: one per record the run will write."""
     return rows | "Rows" >> beam.Map(row_of)
+
+
+def source_stage(p, todo, settings, name, last):
+    """The stage of the source `name` of --source over the Jobs `todo` that reach it: its records,
+    or, unless it is the `last` source, a DoOutputsTuple of them (`records`) and the Jobs of the
+    clips it did not serve, for the next source (NEXT). A source's steps are named as in a run with
+    that source alone: YouTube groups the Jobs by id for FetchClips (so it is asked only for the
+    clips earlier sources lacked); CVDF streams each part once (FromCVDF) for ProcessClips."""
+    if name == "youtube":
+        todo = (todo
+                | "ByYouTubeId" >> beam.Map(lambda job: (job.clip.youtube_id, job))
+                | "GroupByYouTubeId" >> beam.GroupByKey())
+        label, step = "FetchClips", beam.ParDo(FetchClips(settings, name))
+    elif name == "cvdf":
+        todo = p | "CVDF" >> FromCVDF(settings, todo)
+        label, step = "ProcessClips", beam.ParDo(ProcessClips(settings, name))
+    else:
+        label, step = "LocalClips", beam.ParDo(ProcessClips(settings, name))
+    return todo | label >> (step if last else step.with_outputs(NEXT, main="records"))
 
 
 class FromCVDF(beam.PTransform):

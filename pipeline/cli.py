@@ -75,7 +75,7 @@ def preflight(settings):
     with quiet_loggers():
         for url in settings.annotations:
             check_annotations(url)
-        if "fetch" in settings.steps and settings.source == "youtube":
+        if "fetch" in settings.steps and "youtube" in settings.source.split(","):
             try:
                 fetch.preflight(settings.fetch)
             except RuntimeError as e:
@@ -159,6 +159,9 @@ def check_remote_paths(settings, options):
     paths = [("--annotations", u) for u in settings.annotations] + [("--output", settings.output)]
     if "fetch" in settings.steps and settings.source != "youtube" and settings.video_root:
         paths.append(("--video-root", settings.video_root))
+    if "fetch" in settings.steps and isinstance(settings.cvdf_parts, str) and \
+            storage.normalize(settings.cvdf_parts) != settings.video_root:
+        paths.append(("--cvdf-parts", settings.cvdf_parts))
     if settings.fetch.cookies:
         paths.append(("--cookies", settings.fetch.cookies))
     local = [f"{flag} {url}" for flag, url in paths if storage.is_local(url)]

@@ -107,10 +107,13 @@ OPTIONS = {
                                           "written in parallel as manifest/{split}-NNNNN-of-NNNNN.jsonl"),
     "redo": (bool, False, "ignore the ledger and redo every clip (re-verify a tree that changed)"),
     "retry_unavailable": (bool, False, "also retry clips the ledger holds as permanently unavailable"),
-    "source": (SOURCES, "youtube", "where the fetch step gets clips: youtube (yt-dlp, only the annotated "
-                                   "segment), local (files under --video-root: {clip}.*, {class}/{clip}.* or "
-                                   "full-length {youtube_id}.*) or cvdf (the CVDF .tar.gz parts: the "
-                                   "dataset's part lists, or a folder of parts given as --video-root)"),
+    "source": (list, ["youtube"], "where the fetch step gets clips, an ordered comma list of sources, each "
+                                  "at most once (e.g. local,cvdf,youtube): each clip from the first that has a "
+                                  "usable video. youtube (yt-dlp, only the annotated segment), local (files "
+                                  "under --video-root: {clip}.*, {class}/{clip}.* or full-length "
+                                  "{youtube_id}.*), cvdf (the CVDF .tar.gz parts: --cvdf-parts, else a "
+                                  "folder of parts given as --video-root unless local is listed too, else "
+                                  "the dataset's part lists)"),
     "url_template": (str, FetchOptions.url_template, "URL of a clip's video; {youtube_id} is replaced by "
                                                      "the validated id"),
     "max_height": (int, FetchOptions.max_height, "tallest video format to download (mp4, then webm)"),
@@ -129,6 +132,9 @@ OPTIONS = {
     "bot_check_limit": (int, FetchOptions.bot_check_limit, "consecutive bot checks after which a worker "
                                                            "stops fetching"),
     "video_root": (str, None, "local dir or URL holding the source videos (or CVDF parts)"),
+    "cvdf_parts": (str, None, "local dir or URL of a folder of CVDF parts (.tar.gz, .tgz, .tar) for "
+                              "--source cvdf; default: --video-root when --source lists no local, else "
+                              "the dataset config's part lists"),
     "trim": (("exact", "copy"), VideoOptions.trim, "exact: frames in [start, end), re-encoded unless the source "
                                          "already is the clip; copy: stream copy from the keyframe "
                                          "before start (faster, not exact)"),
@@ -192,7 +198,8 @@ def load_yaml(text, where):
 
 def _coerce(name, value, where):
     kind = OPTIONS[name][0]
-    if value is None or (name == "label_map" and isinstance(value, list)):
+    if value is None or (name == "label_map" and isinstance(value, list)) or \
+            (name == "cvdf_parts" and isinstance(value, dict)):  # a dataset config's {split: part list URL}
         return value
     if kind is list:
         return _as_list(value)
@@ -247,7 +254,7 @@ def dataset_defaults():
     for name in DATASETS:
         data = load_yaml(config_dir().joinpath(f"{name}.yaml").read_text(encoding="utf-8"), f"{name}.yaml")
         for key, value in data.items():
-            if key in OPTIONS and key != "label_map" and OPTIONS[key][0] is not bool:
+            if key in OPTIONS and key not in ("label_map", "cvdf_parts") and OPTIONS[key][0] is not bool:
                 out.setdefault(key, {}).setdefault(_shown(value), []).append(name)
     return out
 
@@ -377,11 +384,12 @@ def _settings(m, args, layers):
     video_root, cvdf_parts, fetch = check_fetch(m, steps, layers, annotations["dataset"])
     check_video(m)
     flow_resource_hints = check_flow(m)
-    video = {k: m[k] for k in ("source", "trim", "trim_preset", "trim_crf", "scale", "dense", "remove_dup",
+    video = {k: m[k] for k in ("trim", "trim_preset", "trim_crf", "scale", "dense", "remove_dup",
                                "upscale", "x264_preset", "crf", "new_short", "new_width", "new_height",
                                "frame_index_base", "flow_algorithm", "flow_bound")}
     return Settings(
-        **video, **annotations, video_root=video_root, cvdf_parts=cvdf_parts, fetch=fetch,
+        **video, **annotations, source=",".join(check_sources(m)), video_root=video_root, cvdf_parts=cvdf_parts,
+        fetch=fetch,
         flow_resource_hints=flow_resource_hints,
         shard_size_mb=m["shard_size_mb"], clips_per_shard=m["clips_per_shard"],
         shard_frames=bool(m["shard_frames"]),
@@ -470,16 +478,42 @@ def check_outputs(m):
     return steps
 
 
+def check_sources(m):
+    """--source: the ordered source names (each of SOURCES, each at most once). Returns them as a tuple."""
+    names = _as_list(m["source"]) or []
+    if not names:
+        raise UsageError(f"--source: name at least one source ({', '.join(SOURCES)})")
+    for name in names:
+        if name not in SOURCES:
+            raise UsageError(f"--source: unknown source {name!r} (choose from {', '.join(SOURCES)})")
+        if names.count(name) > 1:
+            raise UsageError(f"--source: {name} named twice in {','.join(names)} (each source at most once)")
+    return tuple(names)
+
+
 def check_fetch(m, steps, layers, dataset):
-    """The fetch group: where `--source local` and `cvdf` get clips from (when the fetch step runs)
-    and the yt-dlp options, as FetchOptions checks them. Returns (video_root, cvdf_parts, FetchOptions)."""
-    if "fetch" in steps and m["source"] == "local" and not m["video_root"]:
-        raise UsageError("--source local needs --video-root DIR_OR_URL")
+    """The fetch group: the sources (check_sources), where `local` and `cvdf` get clips from (when
+    the fetch step runs) and the yt-dlp options, as FetchOptions checks them. The CVDF parts:
+    --cvdf-parts (or a config's `cvdf_parts` folder URL), else --video-root when the sources have no
+    `local` (whose root it is), else the dataset config's part lists. Returns (video_root, cvdf_parts,
+    FetchOptions)."""
+    sources = check_sources(m)
+    if "fetch" in steps and "local" in sources and not m["video_root"]:
+        raise UsageError(f"--source {','.join(sources)} needs --video-root DIR_OR_URL")
     cvdf_parts = None
-    if m["source"] == "cvdf" and "fetch" in steps:
-        cvdf_parts = m["video_root"] or next((layer["cvdf_parts"] for layer in reversed(layers)
-                                              if layer.get("cvdf_parts")), None)
+    if "cvdf" in sources and "fetch" in steps:
+        given = m.get("cvdf_parts")
+        if isinstance(given, str) and given:
+            cvdf_parts = storage.normalize(given)
+        elif "local" not in sources and m["video_root"]:
+            cvdf_parts = m["video_root"]
+        else:
+            cvdf_parts = next((layer["cvdf_parts"] for layer in reversed(layers)
+                               if isinstance(layer.get("cvdf_parts"), dict) and layer["cvdf_parts"]), None)
         if not cvdf_parts:
+            if "local" in sources:
+                raise UsageError(f"--source {','.join(sources)}: {dataset} has no CVDF part lists; pass "
+                                 "--cvdf-parts with a folder of parts (--video-root is local's)")
             raise UsageError(f"--source cvdf: {dataset} has no CVDF part lists; pass --video-root with "
                              "a folder of parts")
     video_root = storage.normalize(m["video_root"]) if m["video_root"] else None

@@ -4,6 +4,11 @@ CheckLedger plans every clip and passes on those with work left; ProcessClips ma
 clip, the resized clip and RGB frames from one decode of the clip's source (transforms/sources.py);
 FetchClips fetches the sources of one YouTube id together first; ComputeFlow adds optical flow as a
 stage of its own. Every record is in the ledger before it is emitted.
+
+With several sources (--source local,cvdf,youtube), each source's stage is one of these DoFns, told
+its --source name (`stage`): a clip its source has no usable video for goes on, not recorded, as
+the Job for the next source on the NEXT output (Job.next_source); the last source tried records
+the clip, its status and reason settled over every source tried (plan.settled).
 """
 import functools
 import os
@@ -19,7 +24,8 @@ from transforms.fetch import FetchError, Fetcher, source_url, windows
 from transforms.flow import grey_frames, write_flow
 from transforms.layout import PREFIXES
 from transforms.ledger import Ledger
-from transforms.plan import FETCH, MAKE, REFRESH, SKIP, SOURCE_KIND, flow_to_make, layout_for, output_params, plan
+from transforms.plan import (FETCH, MAKE, REFRESH, SKIP, SOURCE_KIND, flow_to_make, layout_for, output_params, plan,
+                             settled)
 from transforms.records import CORRUPT, EXISTS, FAILED, MISSING, OK, Clip, ClipRecord
 from transforms.video import VideoError, VideoOptions, display_size, frame_size, process
 
@@ -179,8 +185,16 @@ class _Recording(beam.DoFn):
         return record
 
 
+NEXT = "next"  # the output of a source's stage for the clips it did not serve
+
+
 class ProcessClips(_Recording):
-    """Jobs in; records out."""
+    """Jobs in; records out (and, for the stage of source `stage` in a list of sources, the Jobs of
+    the clips it did not serve on NEXT, for the next source)."""
+
+    def __init__(self, settings, stage=""):
+        super().__init__(settings)
+        self.stage = stage
 
     def process(self, job):
         yield self.run(job)
@@ -193,6 +207,16 @@ class ProcessClips(_Recording):
             record = ClipRecord.of(job.clip, FAILED, f"{type(e).__name__}: {e}")
         if fetched:
             record = record.with_fetch(**fetched)
+        return self.settle(job, record, started)
+
+    def settle(self, job, record, started):
+        """The clip's final record (finished: in the ledger, counted), or, when this source did not
+        serve it and a next one is left, a TaggedOutput of its Job for the next source."""
+        if not record.good:
+            moved = job.next_source(self.stage, record.status, record.reason)
+            if moved is not None:
+                return beam.pvalue.TaggedOutput(NEXT, moved)
+            record = settled(job, self.stage, record)
         flow_pending = "flow" in self.settings.steps and record.good
         return self.finish(record, started, not flow_pending, job.prev)
 
@@ -235,7 +259,7 @@ class FetchClips(ProcessClips):
             result = self.fetcher.fetch(youtube_id, window.start, window.end, work)
         except Exception as e:  # noqa: BLE001 - a full disk or a bug fails these clips, not the bundle
             for job in members:
-                yield self.finish(self.fetch_failure(job.clip, e), started, True, job.prev)
+                yield self.settle(job, self.fetch_failure(job.clip, e), started)
             return
         url = source_url(self.settings.fetch.url_template, youtube_id)
         shared = {"result": result, "window": window, "seconds": round(time.perf_counter() - started, 3)}

@@ -9,7 +9,8 @@ import typing
 
 from transforms.layout import Layout
 from transforms.ledger import is_complete
-from transforms.records import (CACHE_SOURCE, CVDF_SOURCE, LOCAL_SOURCE, TREE_SOURCE, YOUTUBE_SOURCE, Clip,
+from transforms.records import (CACHE_SOURCE, CORRUPT, CVDF_SOURCE, FAILED, LOCAL_SOURCE, MISSING as MISSING_STATUS,
+                                NETWORK, RATE_LIMITED, SHORT, TREE_SOURCE, UNAVAILABLE, YOUTUBE_SOURCE, Clip,
                                 ClipRecord)
 
 STEP_KINDS = (("fetch", "video"), ("resize", "resized"), ("rgb", "rgb"), ("flow", "flow"))
@@ -27,6 +28,13 @@ SOURCES = {"local": LOCAL, "youtube": FETCH, "cvdf": CVDF}  # --source: the sour
 # The record's source_kind for each job source.
 SOURCE_KIND = {LOCAL: LOCAL_SOURCE, CVDF: CVDF_SOURCE, FETCH: YOUTUBE_SOURCE, TREE: TREE_SOURCE, CACHE: CACHE_SOURCE}
 
+# The statuses a source's attempt ends with that move a clip on to the next source of --source:
+# every failure of the video stage, since a later source may have a usable copy.
+MOVES_ON = (MISSING_STATUS, CORRUPT, SHORT, FAILED, UNAVAILABLE, NETWORK, RATE_LIMITED)
+# A clip no source served gets the most telling of their statuses, the earliest here: what the
+# video is (gone from YouTube, a broken or short copy), then what went wrong, then mere absence.
+TELLING = (UNAVAILABLE, CORRUPT, SHORT, FAILED, RATE_LIMITED, NETWORK, MISSING_STATUS)
+
 # What a job does.
 SKIP = "skip"        # the earlier record leaves nothing to do
 REFRESH = "refresh"  # nothing to make: the earlier record stands, under this run's annotation
@@ -38,7 +46,9 @@ MAKE = "make"        # decode the source once and make `make`
 class Job:
     """One clip's work: `action`; the outputs kept from the earlier record `prev` (`keep`) and the
     decoded outputs to make (`make`), each {kind: relative path}; where their source comes from.
-    `trust` (file lists alone): the trimmed video whose presence lets the earlier record stand."""
+    `trust` (file lists alone): the trimmed video whose presence lets the earlier record stand.
+    `then`: the job sources still to try, in --source order, when this one has no usable video;
+    `tried`: (--source name, status, reason) of each source tried before this one."""
     clip: Clip
     prev: typing.Optional[dict]
     action: str
@@ -49,6 +59,8 @@ class Job:
     data: typing.Optional[bytes] = None
     reason: str = ""
     trust: str = ""
+    then: tuple = ()
+    tried: tuple = ()
 
     def with_member(self, name, data, missing=""):
         """The job once the CVDF parts are read: the member `name` and its bytes, or, when
@@ -61,6 +73,41 @@ class Job:
 
     def missing(self, reason):
         return self.with_member("", None, reason)
+
+    def next_source(self, name, status, reason):
+        """The job for the next source, once the source `name` (a --source name) ended with
+        `status` and `reason`; None when none is left or the status is not one that moves on."""
+        if not self.then or status not in MOVES_ON:
+            return None
+        return dataclasses.replace(self, source=self.then[0], then=self.then[1:], member="", data=None, reason="",
+                                   tried=self.tried + ((name, status, reason),))
+
+
+def chain(settings):
+    """The --source names of the run, in order."""
+    return tuple(settings.source.split(","))
+
+
+def most_telling(statuses):
+    """The status a clip no source served keeps, of the statuses its sources ended with (in
+    --source order): the first in TELLING (a status not in it ranks last)."""
+    rank = {status: i for i, status in enumerate(TELLING)}
+    return min(statuses, key=lambda status: rank.get(status, len(TELLING)))
+
+
+def settled(job, name, record):
+    """The final record of a clip whose last source tried, `name`, ended with `record`, not good:
+    itself when no other source was tried; else the most telling status of them all, with a reason
+    naming what each said ("local: ...; cvdf: ...; youtube: ..."), the last record's own fields
+    (attempts, permanent) kept when its status is that one."""
+    if record.good or not job.tried:
+        return record
+    said = job.tried + ((name, record.status, record.reason),)
+    status = most_telling(s for _, s, _ in said)
+    reason = "; ".join(f"{n}: {r}" for n, _, r in said)
+    if status == record.status:
+        return record.with_status(status, reason)
+    return ClipRecord.of(job.clip, status, reason)
 
 
 def layout_for(settings):
@@ -124,8 +171,10 @@ def plan(clip, prev, settings):
         if keep:
             return Job(clip, prev, REFRESH, keep)
         return Job(clip, prev, SCAN, trust="" if expected else trusted_video(prev, clip, settings))
-    source = SOURCES.get(settings.source, "") if "video" in make else TREE
-    return Job(clip, prev, MAKE, keep, make, source)
+    if "video" not in make:
+        return Job(clip, prev, MAKE, keep, make, TREE)
+    sources = tuple(SOURCES.get(name, "") for name in chain(settings))
+    return Job(clip, prev, MAKE, keep, make, sources[0], then=sources[1:])
 
 
 def flow_to_make(record, settings):

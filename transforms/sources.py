@@ -10,6 +10,9 @@
   A member that is a link, not a regular file, or whose path is absolute or climbs out with `..`
   is never read or followed: a clip with no other member is `missing`, naming the part and member.
 
+With several sources (--source local,cvdf,youtube) a clip whose source raises VideoError here (or
+whose fetch fails) is not recorded: its Job goes on to the next source (Job.next_source).
+
 Nothing is ever written outside the clip's private staging dir: a member's bytes go to
 `{workdir}/source.{ext}` whatever its name says.
 """
