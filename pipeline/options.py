@@ -74,6 +74,7 @@ class Settings:
     shard_frames: bool
     demo: bool
     run_id: str
+    clip_cache: str = None
 
     @property
     def label_map(self):
@@ -127,6 +128,9 @@ OPTIONS = {
     "bot_check_limit": (int, FetchOptions.bot_check_limit, "consecutive bot checks after which a worker "
                                                            "stops fetching"),
     "video_root": (str, None, "local dir or URL holding the source videos (or CVDF parts)"),
+    "clip_cache": (str, None, "clip cache shared across runs and datasets: a local dir or URL (gs://...) of "
+                              "trimmed clips {youtube_id}_{start:06d}_{end:06d}.mp4 (a CVDF download is one), "
+                              "looked in before each YouTube fetch and written after it"),
     "trim": (("exact", "copy"), VideoOptions.trim, "exact: frames in [start, end), re-encoded unless the source "
                                          "already is the clip; copy: stream copy from the keyframe "
                                          "before start (faster, not exact)"),
@@ -383,6 +387,7 @@ def _settings(m, args, layers):
         filelist_format=m["filelist_format"], manifest_file_records=m["manifest_file_records"],
         redo=bool(m["redo"]), retry_unavailable=bool(m["retry_unavailable"]),
         progress_interval=max(10.0, m["progress_interval"]),
+        clip_cache=storage.normalize(m["clip_cache"]) if m["clip_cache"] else None,
         demo=any(layer.get("demo") for layer in layers), run_id=uuid.uuid4().hex)
 
 
