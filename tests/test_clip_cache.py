@@ -273,3 +273,15 @@ def test_a_run_killed_while_writing_the_cache_leaves_no_partial_entry(tmp_path, 
     assert entries(cache_dir) == [name]
     assert (cache_dir / name).read_bytes() == (out / rec["outputs"]["video"]).read_bytes()
     assert frames_of(cache_dir / name) == list(range(200, 300))
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_clip_made(tmp_path, source):
+    not_a_dir = write_csv(tmp_path / "cache", b"a file where the cache folder should be")
+    ann = csv_of(tmp_path, "val.csv", K400[:1])
+    with fs.FaultServer() as server:
+        server.add("cachea00001", source)
+        assert run_cli(*args(server, "kinetics400", ann, tmp_path / "out", not_a_dir)) == 0
+    (rec,) = read_records(tmp_path / "out")
+    assert rec["status"] == "ok" and rec["source_kind"] == "youtube" and rec["bytes_fetched"] > 0
+    assert frames_of(tmp_path / "out" / rec["outputs"]["video"]) == list(range(200, 300))
+    assert not_a_dir.read_bytes() == b"a file where the cache folder should be"
