@@ -285,3 +285,19 @@ def test_a_cache_that_cannot_be_written_leaves_the_clip_made(tmp_path, source):
     assert rec["status"] == "ok" and rec["source_kind"] == "youtube" and rec["bytes_fetched"] > 0
     assert frames_of(tmp_path / "out" / rec["outputs"]["video"]) == list(range(200, 300))
     assert not_a_dir.read_bytes() == b"a file where the cache folder should be"
+
+
+def test_the_option_from_flags_yaml_and_help(tmp_path, capsys):
+    from pipeline.options import build_parser, resolve
+    base = ["--dataset", "kinetics400", "--annotations", "val.csv", "--output", str(tmp_path / "out")]
+    assert resolve(base)[0].clip_cache is None
+    assert resolve(base + ["--clip-cache", "gs://bkt/clips/"])[0].clip_cache == "gs://bkt/clips"
+    cfg = write_csv(tmp_path / "c.yaml", f"clip_cache: {tmp_path / 'cache'}\n")
+    assert resolve(base + ["--config", str(cfg)])[0].clip_cache == str(tmp_path / "cache")
+    assert "--clip-cache CLIP_CACHE" in build_parser().format_help()
+    # Dataflow workers cannot see a local cache
+    pytest.importorskip("apache_beam.runners.dataflow.dataflow_runner")
+    assert run_cli("--dataset", "kinetics400", "--steps", "fetch", "--runner=DataflowRunner", "--dry_run=True",
+                   "--project=p", "--region=us-central1", "--temp_location=gs://bkt/tmp", "--annotations",
+                   "gs://bkt/val.csv", "--output", "gs://bkt/out", "--clip-cache", tmp_path / "cache") == 2
+    assert f"--clip-cache {tmp_path / 'cache'}" in capsys.readouterr().err

@@ -271,7 +271,7 @@ class FetchClips(ProcessClips):
             return None
         Metrics.counter("cache", "hits").inc()
         flow_pending = "flow" in self.settings.steps
-        return self.finish(record.from_cache(), started, not flow_pending, job.prev)
+        return self.finish(record.served_by_cache(), started, not flow_pending, job.prev)
 
     def finish(self, record, started, last_step, prev=None):
         """As _Recording.finish; a fetched clip's trimmed video goes into the --clip-cache first

@@ -262,7 +262,7 @@ class ClipRecord:
             fields["fetched_with"] = fetched_with
         return self._with(fields, seconds=dict(self.seconds, fetch=seconds))
 
-    def from_cache(self):
+    def served_by_cache(self):
         """A clip served by its --clip-cache entry: nothing was fetched for it."""
         return self._with(bytes_fetched=0)
 
