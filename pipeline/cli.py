@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import build, demo
 from pipeline.options import UsageError, resolve
 from pipeline.progress import Progress
-from transforms import fetch, runs, storage, tally
+from transforms import cache, fetch, runs, storage, tally
 from transforms.reader import AnnotationError, describe, open_sources, read_header
 from transforms.records import STATUSES
 from transforms.writers import IncompleteRun
@@ -164,6 +164,8 @@ def check_remote_paths(settings, options):
         paths.append(("--cvdf-parts", settings.cvdf_parts))
     if settings.fetch.cookies:
         paths.append(("--cookies", settings.fetch.cookies))
+    if settings.clip_cache:
+        paths.append(("--clip-cache", settings.clip_cache))
     local = [f"{flag} {url}" for flag, url in paths if storage.is_local(url)]
     if local:
         raise UsageError(f"{runner} workers cannot read this machine's files; upload them and pass "
@@ -230,6 +232,7 @@ def main(argv=None):
           f"(steps {','.join(settings.steps)})", file=sys.stderr)
     if not dry_run(options):
         storage.sweep_temp_files(settings.output, flat=settings.flat)
+        cache.sweep(settings.clip_cache)
     try:
         result = run(settings, options)
     except (AnnotationError, RunError) as e:

@@ -76,6 +76,7 @@ class Settings:
     shard_frames: bool
     demo: bool
     run_id: str
+    clip_cache: str = None
 
     @property
     def label_map(self):
@@ -135,6 +136,9 @@ OPTIONS = {
     "cvdf_parts": (str, None, "local dir or URL of a folder of CVDF parts (.tar.gz, .tgz, .tar) for "
                               "--source cvdf; default: --video-root when --source lists no local, else "
                               "the dataset config's part lists"),
+    "clip_cache": (str, None, "clip cache shared across runs and datasets: a local dir or URL (gs://...) of "
+                              "trimmed clips {youtube_id}_{start:06d}_{end:06d}.mp4 (a CVDF download is one), "
+                              "looked in before each YouTube fetch and written after it"),
     "trim": (("exact", "copy"), VideoOptions.trim, "exact: frames in [start, end), re-encoded unless the source "
                                          "already is the clip; copy: stream copy from the keyframe "
                                          "before start (faster, not exact)"),
@@ -399,6 +403,7 @@ def _settings(m, args, layers):
         filelist_format=m["filelist_format"], manifest_file_records=m["manifest_file_records"],
         redo=bool(m["redo"]), retry_unavailable=bool(m["retry_unavailable"]),
         progress_interval=max(10.0, m["progress_interval"]),
+        clip_cache=storage.normalize(m["clip_cache"]) if m["clip_cache"] else None,
         demo=any(layer.get("demo") for layer in layers), run_id=uuid.uuid4().hex, published=check_published(layers))
 
 

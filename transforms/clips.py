@@ -10,7 +10,9 @@ its --source name (`stage`): a clip its source has no usable video for goes on, 
 the Job for the next source on the NEXT output (Job.next_source); the last source tried records
 the clip, its status and reason settled over every source tried (plan.settled).
 """
+import dataclasses
 import functools
+import logging
 import os
 import time
 
@@ -19,15 +21,17 @@ import av
 import cv2
 from apache_beam.metrics import Metrics
 
-from transforms import scan, sources, storage, tally
+from transforms import cache, scan, sources, storage, tally
 from transforms.fetch import FetchError, Fetcher, source_url, windows
 from transforms.flow import grey_frames, write_flow
 from transforms.layout import PREFIXES
 from transforms.ledger import Ledger
-from transforms.plan import (FETCH, MAKE, REFRESH, SKIP, SOURCE_KIND, flow_to_make, layout_for, output_params, plan,
-                             settled)
-from transforms.records import CORRUPT, EXISTS, FAILED, MISSING, OK, Clip, ClipRecord
+from transforms.plan import (CACHE, FETCH, MAKE, REFRESH, SKIP, SOURCE_KIND, flow_to_make, layout_for, output_params,
+                             plan, settled)
+from transforms.records import CORRUPT, EXISTS, FAILED, MISSING, OK, YOUTUBE_SOURCE, Clip, ClipRecord
 from transforms.video import VideoError, VideoOptions, display_size, frame_size, process
+
+log = logging.getLogger(__name__)
 
 
 def video_options(settings):
@@ -245,7 +249,11 @@ class FetchClips(ProcessClips):
         need = []
         for job in jobs:
             if job.source == FETCH:
-                need.append(job)
+                hit = self.from_cache(job)
+                if hit is None:
+                    need.append(job)
+                else:
+                    yield hit
             else:
                 yield self.run(job)
         for window in windows([(j.clip.time_start, j.clip.time_end) for j in need], self.settings.fetch.pad):
@@ -268,6 +276,47 @@ class FetchClips(ProcessClips):
             fetched = dict(shared, bytes_fetched=result.bytes_fetched if i == 0 else 0,
                            fetched_with=members[0].clip.clip_id if i else None)
             yield self.run(job, source, fetched=fetched)
+
+    def from_cache(self, job):
+        """The finished record of a clip made from its --clip-cache entry (0 bytes fetched), or None:
+        no cache, no entry, or one the video stage cannot use (the clip is then fetched, and its
+        entry replaced)."""
+        if not self.settings.clip_cache or not cache.lookup(self.settings.clip_cache, job.clip):
+            return None
+        started = time.perf_counter()
+        try:
+            record = process_clip(dataclasses.replace(job, source=CACHE), self.settings)
+        except Exception as e:  # noqa: BLE001 - a bad entry is fetched again, not the run's end
+            record = ClipRecord.of(job.clip, FAILED, f"{type(e).__name__}: {e}")
+        if not record.good:
+            Metrics.counter("cache", "unusable").inc()
+            log.warning("clip cache: entry %s not used (%s): %s; fetching the clip",
+                        cache.entry_url(self.settings.clip_cache, job.clip), record.status, record.reason)
+            return None
+        Metrics.counter("cache", "hits").inc()
+        flow_pending = "flow" in self.settings.steps
+        return self.finish(record.served_by_cache(), started, not flow_pending, job.prev)
+
+    def finish(self, record, started, last_step, prev=None):
+        """As _Recording.finish; a fetched clip's trimmed video goes into the --clip-cache first
+        (to_cache), so a run killed before it is there has no ledger record of the clip either."""
+        if record.source_kind == YOUTUBE_SOURCE:
+            self.to_cache(record)
+        return super().finish(record, started, last_step, prev)
+
+    def to_cache(self, record):
+        """Put the trimmed clip of a good fetched record into the --clip-cache, when the run has one
+        and trims exactly (a --trim copy clip starts at a keyframe before the segment). A cache that
+        cannot be written is logged and counted; the clip stands."""
+        video = record.outputs.get("video")
+        if not (self.settings.clip_cache and self.settings.trim == "exact" and record.status == OK and video):
+            return
+        try:
+            cache.write_from(self.settings.clip_cache, record.clip(), layout_for(self.settings).url(video))
+            Metrics.counter("cache", "written").inc()
+        except Exception as e:  # noqa: BLE001 - the clip is made; only its cache entry is not
+            Metrics.counter("cache", "write_failed").inc()
+            log.warning("clip cache: cannot write %s: %s", cache.entry_url(self.settings.clip_cache, record.clip()), e)
 
     @staticmethod
     def fetch_failure(clip, error):

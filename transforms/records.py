@@ -262,6 +262,10 @@ class ClipRecord:
             fields["fetched_with"] = fetched_with
         return self._with(fields, seconds=dict(self.seconds, fetch=seconds))
 
+    def served_by_cache(self):
+        """A clip served by its --clip-cache entry: nothing was fetched for it."""
+        return self._with(bytes_fetched=0)
+
     def with_flow(self, rel, pairs, source, size, written, params, seconds):
         """Optical flow made at `rel` from `source`: `pairs` pairs of `size`, `written` bytes."""
         return self._with(status=OK, outputs=dict(self.outputs, flow=rel), flow_frames=pairs, flow_source=source,

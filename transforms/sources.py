@@ -2,6 +2,7 @@
 
 * fetch: the window FetchClips fetched from YouTube for the clip (fetched_segment).
 * tree: the clip's trimmed video already in the output tree (trimmed_in_tree).
+* cache: the clip's entry in the --clip-cache (transforms/cache.py), the clip itself (cached_segment).
 * local: existing files under --video-root (a local dir or any fsspec URL): the CVDF flat
   layout {root}/{clip}.{ext}, MMAction2 class dirs {root}/{class}/{clip}.{ext}, or a
   full-length source {root}/{youtube_id}.{ext} that is cut to [start, end).
@@ -29,7 +30,7 @@ import zlib
 
 import apache_beam as beam
 
-from transforms import plan, storage
+from transforms import cache, plan, storage
 from transforms.layout import source_stems
 from transforms.records import FAILED, MISSING
 from transforms.video import Segment, VideoError
@@ -125,6 +126,15 @@ def trimmed_in_tree(clip, layout, workdir):
     return segment_of(clip, Found(url, True), workdir)
 
 
+def cached_segment(cache_url, clip, workdir):
+    """The clip's entry in the clip cache `cache_url` (trimmed by an earlier run, or a CVDF flat
+    clip), which already is the segment, as the source."""
+    url = cache.entry_url(cache_url, clip)
+    if not storage.exists(url):
+        raise VideoError(MISSING, f"no {posixpath.basename(url)} in the clip cache {cache_url}")
+    return segment_of(clip, Found(url, True), workdir)
+
+
 def member_segment(clip, member, data, workdir):
     """A CVDF member's bytes, the clip itself, as the source."""
     if data is None:
@@ -141,6 +151,8 @@ def open_source(job, settings, workdir, fetched=None):
         return trimmed_in_tree(clip, plan.layout_for(settings), workdir)
     if job.source == plan.CVDF:
         return member_segment(clip, job.member, job.data, workdir)
+    if job.source == plan.CACHE:
+        return cached_segment(settings.clip_cache, clip, workdir)
     if job.source == plan.LOCAL:
         return local_segment(settings.video_root, clip, workdir)
     if job.source == plan.FETCH:
