@@ -22,6 +22,7 @@ setup(
         "pyyaml>=6",
         "yt-dlp[default,deno]>=2026.10.21",
     ],
-    extras_require={"test": ["pytest>=8", "gcp-storage-emulator>=2026.7,<2027", "webdataset>=1.0,<2"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.6,<4", "gcp-storage-emulator>=2026.7,<2027",
+                             "webdataset>=1.0,<2"]},
     entry_points={"console_scripts": ["kinetics-prep=pipeline.cli:main"]},
 )
