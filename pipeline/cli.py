@@ -1,8 +1,6 @@
 """kinetics-prep: the launcher. Resolves the configuration, checks inputs, runs the pipeline,
 prints progress from the workers' tallies and a summary at the end."""
 import contextlib
-import csv
-import io
 import json
 import logging
 import re
@@ -10,6 +8,7 @@ import sys
 import warnings
 
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from pipeline import build, demo
@@ -144,11 +143,19 @@ def summary_table(result):
     return "\n".join([fmt(header)] + [fmt(r) for r in rows])
 
 
-def bot_check_stops(settings):
-    """How many clips a worker refused to fetch after repeated bot checks (from failures.csv)."""
-    text = storage.read_bytes(storage.join(settings.output, "failures.csv")).decode("utf-8")
-    return sum(1 for row in csv.DictReader(io.StringIO(text))
-               if row["reason"].startswith(fetch.BOT_CHECK_REASON_PREFIX))
+def bot_check_stops(result):
+    """How many clips workers refused to fetch after repeated bot checks: the run's Beam counter
+    (committed, where the runner keeps those; else attempted)."""
+    namespace, name = fetch.BOT_CHECK_COUNTER
+    found = result.metrics().query(MetricsFilter().with_namespace(namespace).with_name(name))["counters"]
+    total = 0
+    for counter in found:
+        try:
+            value = counter.committed
+        except Exception:  # noqa: BLE001 - a runner without committed metrics
+            value = None
+        total += value if value is not None else (counter.attempted or 0)
+    return total
 
 
 def check_remote_paths(settings, options):
@@ -182,14 +189,15 @@ def run(settings, options):
     build.build(p, settings)
     if dry_run(options):
         p.run()
-        return None
+        return None, 0
     tally.remove(settings.output)  # tallies and sorted runs a killed run left
     runs.remove(settings.output)
     progress = Progress(settings)
     progress.start()
     try:
         with no_annotation_tracebacks():
-            p.run().wait_until_finish()
+            result = p.run()
+            result.wait_until_finish()
     except Exception as e:
         message = error_behind(e, AnnotationError)
         if message is not None:
@@ -202,7 +210,7 @@ def run(settings, options):
         progress.stop()
         tally.remove(settings.output, settings.run_id)
         runs.remove(settings.output, settings.run_id)
-    return json.loads(storage.read_bytes(storage.join(settings.output, "summary.json")))
+    return json.loads(storage.read_bytes(storage.join(settings.output, "summary.json"))), bot_check_stops(result)
 
 
 def main(argv=None):
@@ -234,7 +242,7 @@ def main(argv=None):
         storage.sweep_temp_files(settings.output, flat=settings.flat)
         cache.sweep(settings.clip_cache)
     try:
-        result = run(settings, options)
+        result, stopped = run(settings, options)
     except (AnnotationError, RunError) as e:
         print(f"kinetics-prep: error: {e}", file=sys.stderr)
         return 1
@@ -242,7 +250,6 @@ def main(argv=None):
         print(f"dry run: the {options.view_as(StandardOptions).runner} job was built and validated; "
               "nothing ran and nothing was written")
         return 0
-    stopped = bot_check_stops(settings)
     if stopped:
         print(f"YouTube bot checks stopped fetching: {stopped:,} clips recorded rate_limited without a "
               "request; pass --cookies FILE and run the same command again to fetch them.")

@@ -666,9 +666,11 @@ def test_breaker_counts_consecutive_bot_checks_only():
         b.record(outcome)
     b.check()
     b.record(True)
-    with pytest.raises(fetch.FetchError) as info:
+    with pytest.raises(fetch.BotCheckStop) as info:  # a FetchError FetchClips counts as a bot-check stop
         b.check()
+    assert isinstance(info.value, fetch.FetchError) and info.value.status == "rate_limited"
     assert info.value.reason.startswith(fetch.BOT_CHECK_REASON_PREFIX + " after 3 consecutive")
+    assert pickle.loads(pickle.dumps(info.value)).reason == info.value.reason
 
 
 def _format(format_id, ext, height=None, vcodec="none", acodec="none"):

@@ -7,7 +7,7 @@ import pytest
 
 import faultserver as fs
 from conftest import read_records, run_cli, write_csv
-from transforms import fetch
+from transforms import fetch, storage
 
 HEAD = "label,youtube_id,time_start,time_end,split\n"
 ROWS = {  # youtube id: (plan, then)
@@ -89,7 +89,7 @@ def test_fetch_taxonomy_grouping_and_reruns(tmp_path, source):
         assert server.stats("gone0000404").requests > before["gone0000404"]
 
 
-def test_bot_checks_stop_the_worker_and_say_so_first(tmp_path, source, capsys):
+def test_bot_checks_stop_the_worker_and_say_so_first(tmp_path, source, capsys, monkeypatch):
     ids = [f"botcheck{i:03d}" for i in range(5)]
     ann = write_csv(tmp_path / "val.csv", HEAD + "".join(f"abseiling,{yid},5,15,val\n" for yid in ids))
     out = tmp_path / "out"
@@ -97,7 +97,11 @@ def test_bot_checks_stop_the_worker_and_say_so_first(tmp_path, source, capsys):
         for yid in ids:
             server.add(yid, source)
             server.plan(yid, then=fs.status(403, reason="Sign in to confirm you're not a bot"))
-        assert run_cli(*args(server, ann, out, "--bot-check-limit", "2")) == 0
+        real_read = storage.read_bytes
+        monkeypatch.setattr(storage, "read_bytes", lambda url, *a, **k: pytest.fail(f"launcher read {url}")
+                            if url.endswith("failures.csv") else real_read(url, *a, **k))
+        assert run_cli(*args(server, ann, out, "--bot-check-limit", "2")) == 0  # counted from the run's metrics
+        monkeypatch.undo()
         asked = sum(1 for yid in ids if server.stats(yid).requests)
     records = read_records(out)
     assert {r["status"] for r in records} == {"rate_limited"}

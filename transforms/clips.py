@@ -22,7 +22,7 @@ import cv2
 from apache_beam.metrics import Metrics
 
 from transforms import cache, scan, sources, storage, tally
-from transforms.fetch import FetchError, Fetcher, source_url, windows
+from transforms.fetch import BOT_CHECK_COUNTER, BotCheckStop, FetchError, Fetcher, source_url, windows
 from transforms.flow import grey_frames, write_flow
 from transforms.layout import PREFIXES
 from transforms.ledger import Ledger
@@ -266,6 +266,8 @@ class FetchClips(ProcessClips):
         try:
             result = self.fetcher.fetch(youtube_id, window.start, window.end, work)
         except Exception as e:  # noqa: BLE001 - a full disk or a bug fails these clips, not the bundle
+            if isinstance(e, BotCheckStop):
+                Metrics.counter(*BOT_CHECK_COUNTER).inc(len(members))
             for job in members:
                 yield self.settle(job, self.fetch_failure(job.clip, e), started)
             return

@@ -118,6 +118,14 @@ class FetchError(Exception):
         return f"{self.status}: {self.reason}"
 
 
+class BotCheckStop(FetchError):
+    """A fetch refused without a request: the worker's bot-check breaker is open."""
+
+
+# The Beam counter of the clips a worker refused to fetch after repeated bot checks.
+BOT_CHECK_COUNTER = ("fetch", "bot_check_stopped")
+
+
 @dataclasses.dataclass(frozen=True)
 class Failure:
     """One attempt's failure as classified: whether to retry now (`transient`), or ever (`permanent` is never)."""
@@ -481,7 +489,7 @@ class BotCheckBreaker:
     def check(self):
         with self._lock:
             if self.count >= self.limit:
-                raise FetchError(RATE_LIMITED, f"{BOT_CHECK_REASON_PREFIX} after {self.count} consecutive "
+                raise BotCheckStop(RATE_LIMITED, f"{BOT_CHECK_REASON_PREFIX} after {self.count} consecutive "
                                  "'confirm you're not a bot' answers; pass --cookies FILE (see README)")
 
     def record(self, bot_check):
