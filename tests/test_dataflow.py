@@ -57,7 +57,7 @@ def test_dataflow_dry_run_builds_the_job(tmp_path, offline, monkeypatch):
     steps = ",".join(STEPS)
     result = dry_run([
         "--dataset", "kinetics400", "--annotations", "gs://bkt/ann/train.csv", "--output", "gs://bkt/k400",
-        "--steps", steps, "--source", "cvdf",
+        "--steps", steps, "--source", "cvdf,youtube", "--clip-cache", "gs://bkt/clip-cache",  # the README's
         "--flow-resource-hint", "min_ram=8GB",
         "--runner=DataflowRunner", "--dry_run=True", "--project=test-project", "--region=us-central1",
         "--temp_location=gs://bkt/tmp", f"--setup_file={ROOT / 'setup.py'}", f"--sdk_container_image={IMAGE}",
@@ -72,8 +72,8 @@ def test_dataflow_dry_run_builds_the_job(tmp_path, offline, monkeypatch):
     proto = result.job.proto_pipeline
     names = {t.unique_name for t in proto.components.transforms.values()}
     top = {n.split("/", 1)[0] for n in names}
-    wanted = {"ReadAnnotations", "Reshuffle", "CheckLedger", "CVDF", "ProcessClips", "ComputeFlow", "WriteOutputs",
-              "WriteShards", "WriteReport"}
+    wanted = {"ReadAnnotations", "Reshuffle", "CheckLedger", "CVDF", "ProcessClips", "GroupByYouTubeId", "FetchClips",
+              "ComputeFlow", "WriteOutputs", "WriteShards", "WriteReport"}
     assert wanted <= top, wanted - top
     # run-level outputs by ranges of a split (no step gathers a split's records)
     assert any(n.startswith("WriteOutputs/GatherPart") for n in names)
