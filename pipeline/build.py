@@ -3,7 +3,7 @@ import apache_beam as beam
 
 from transforms.clips import NEXT, CheckAndProcess, CheckLedger, ComputeFlow, FetchClips, ProcessClips
 from transforms.plan import chain
-from transforms.reader import AnnotationReader, ReadAnnotations
+from transforms.reader import AnnotationReader, ReadAnnotations, ReadRows
 from transforms.records import Clip
 from transforms.report import WriteReport
 from transforms.shards import WriteShards
@@ -18,9 +18,10 @@ def annotation_reader(settings):
 
 
 def build(p, settings):
-    rows = p | "ReadAnnotations" >> ReadAnnotations(settings.annotations, annotation_reader(settings),
+    read = p | "ReadAnnotations" >> ReadAnnotations(settings.annotations, annotation_reader(settings),
                                                     (settings.output, settings.run_id))
-    shuffled = rows | "Reshuffle" >> beam.Reshuffle()
+    rows = read.rows  # as read: rows_of's pairs come from the reader's step, before any clip is processed
+    shuffled = read.pieces | "Reshuffle" >> beam.Reshuffle() | "ReadRows" >> ReadRows()  # rows spread, not shuffled
     sources = chain(settings)
     fetching = "fetch" in settings.steps and sources != ("local",)
     if fetching:

@@ -20,7 +20,7 @@ import zlib
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import storage, tally
+from transforms import runs, storage, tally
 from transforms.records import SPLITS, Clip, invalid_record, number
 
 YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
@@ -605,12 +605,19 @@ class AnnotationReader:
 class ReadAnnotations(beam.PTransform):
     """All annotation sources read in one pass, so `--limit` and de-duplication follow file order.
 
-    Returns one PCollection of rows: a Clip for each valid row, the `invalid` record of each other
-    (one output, so that a runner which materializes a Flatten never has to join them again).
-    With `run` (output, run_id), the clips read are counted in the worker's progress tally.
+    The rows (a Clip for each valid row, the `invalid` record of each other, in one output, so that
+    a runner which materializes a Flatten never has to join them again) are spilled, as they are
+    read, to files under the run's scratch folder {output}/_runs/{run_id}/ (transforms/runs.py:
+    Spill). Two outputs: `pieces`, tiny (file, offset, length) triples of those files, for a
+    Reshuffle to spread over the workers and `ReadRows` to turn back into the rows there (so no
+    row crosses a shuffle, and no worker is handed more of them than its pieces'); and `rows`,
+    every row as it is read, for what is computed from all of them in the reader's own step
+    (build.rows_of: the compact (split, order) pairs the outputs' ranges come from, known before
+    any clip is processed). `run` is (output, run_id); the clips read are counted in the
+    worker's progress tally.
     """
 
-    def __init__(self, urls, reader, run=None):
+    def __init__(self, urls, reader, run):
         super().__init__()
         self.urls = list(urls)
         self.reader = reader
@@ -619,25 +626,33 @@ class ReadAnnotations(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "Sources" >> beam.Create([self.urls], reshuffle=False)
-                | "Parse" >> beam.ParDo(_ReadFn(self.reader, self.run)))
+                | "Parse" >> beam.ParDo(_ReadFn(self.reader, self.run)).with_outputs("rows", main="pieces"))
+
+
+class ReadRows(beam.PTransform):
+    """The rows of ReadAnnotations' pieces, each piece's in annotation order."""
+
+    def expand(self, pieces):
+        return pieces | "Rows" >> beam.FlatMap(runs.read_spilled)
 
 
 class _ReadFn(beam.DoFn):
-    def __init__(self, reader, run=None):
+    def __init__(self, reader, run):
         self.reader = reader
         self.run = run
 
     def process(self, urls):
-        counts = tally.tally(*self.run) if self.run else None
+        counts = tally.tally(*self.run)
+        spill = runs.Spill(runs.runs_dir(*self.run))
         for item in self.reader.read(urls):
             if isinstance(item, Clip):
                 Metrics.counter("annotations", "clips").inc()
-                if counts:
-                    counts.add(annotated=1)
-                yield item
+                counts.add(annotated=1)
             else:
                 Metrics.counter("clips", f"{item['split']}.invalid").inc()
-                yield item
-        if counts:
-            counts.add(read_done=1)
-            counts.flush(every=0)
+            spill.add(item)
+            yield beam.pvalue.TaggedOutput("rows", item)
+        pieces = list(spill.pieces())  # every file written before the reader says it is done
+        counts.add(read_done=1)
+        counts.flush(every=0)
+        yield from pieces
