@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 
 import apache_beam as beam
@@ -66,9 +67,16 @@ def failure_line(record):
     return _csv_line([record.get(c, "") for c in FAILURE_COLUMNS])
 
 
-def failures_csv(pieces):
-    """failures.csv's bytes from the bytes of its ranges, already in order."""
-    return b"".join([_csv_line(FAILURE_COLUMNS).encode("utf-8"), *pieces])
+def write_failures(url, ranges):
+    """failures.csv at `url`: its header, then the files of its ranges (index, file URL) in order,
+    copied one at a time into a local file that is put in place whole."""
+    with storage.local_staging() as work:
+        local = os.path.join(work, "failures.csv")
+        with open(local, "wb") as f:
+            f.write(_csv_line(FAILURE_COLUMNS).encode("utf-8"))
+            for _, piece in sorted(ranges):
+                f.write(storage.read_bytes(piece))
+        storage.put_file(local, url)
 
 
 UNKNOWN_SOURCE = "unknown"  # a good record that does not say where its video came from
@@ -188,10 +196,13 @@ def failure_of(record, plans):
     return bisect.bisect_right(plans[FAILURES]["bounds"], key[0]), (key, failure_line(record))
 
 
-def failure_range(grouped):
-    """(index, the bytes of the range's failures.csv lines, in order) from its pieces."""
+def failure_range(grouped, folder):
+    """(index, URL) of the file under the run's scratch `folder` that holds the range's
+    failures.csv lines, in order, from its pieces (so that no worker holds every failure line)."""
     index, pieces = grouped
-    return index, "".join(line for _, line in runs.merged(pieces)).encode("utf-8")
+    url = storage.join(folder, f"failures-{index:05d}.csv")
+    storage.write_bytes(url, "".join(line for _, line in runs.merged(pieces)).encode("utf-8"))
+    return index, url
 
 
 class WritePart(beam.DoFn):
@@ -271,7 +282,7 @@ def write_run(_, parts, lists, failures, plans, settings, label_map_text):
     out = settings.output
     check_complete(split_counts(parts), plans)
     parts = list(parts) + empty_parts(parts, settings)
-    storage.write_bytes(storage.join(out, "failures.csv"), failures_csv(data for _, data in sorted(failures)))
+    write_failures(storage.join(out, "failures.csv"), failures)
     counts = split_counts(parts)
     result = summary(counts)
     result["availability"] = availability(counts, split_counts(parts, "served"), settings.published)
@@ -326,7 +337,7 @@ class WriteOutputs(beam.PTransform):
                     | "ToFailureRange" >> beam.Map(failure_of, failure_plans)
                     | "WriteFailureRuns" >> beam.ParDo(runs.WriteRuns(folder, len))
                     | "GatherFailures" >> beam.GroupByKey()
-                    | "FailureLines" >> beam.Map(failure_range))
+                    | "FailureLines" >> beam.Map(failure_range, folder))
         return (records.pipeline
                 | "Run" >> beam.Create([None])
                 | "WriteRun" >> beam.Map(write_run, beam.pvalue.AsList(parts.parts), beam.pvalue.AsList(lists),
