@@ -1,10 +1,12 @@
 import contextlib
 import functools
 import http.server
+import io
 import json
 import os
 import pathlib
 import shutil
+import tarfile
 import tempfile
 import threading
 
@@ -59,6 +61,25 @@ def make_video(path, seconds=10, fps=10, width=96, height=64, audio=False):
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_cached_video(seconds, fps, width, height, audio), path)
     return path
+
+
+def write_tar(path, members):
+    """A .tar.gz at `path` of {member name: bytes}; returns `path`."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def fresh_fetch_worker():
+    """The rate governor and bot-check breaker are per process; a test using this gets its own."""
+    from transforms import fetch
+    fetch._WORKER = fetch.WorkerState()
+    yield
+    fetch._WORKER = fetch.WorkerState()
 
 
 def write_csv(path, text):

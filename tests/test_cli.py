@@ -1,15 +1,13 @@
-import io
 import json
 import os
 import re
 import subprocess
 import sys
-import tarfile
 import time
 
 import pytest
 
-from conftest import ROOT, make_video, read_records, run_cli, serve_dir, write_csv
+from conftest import ROOT, make_video, read_records, run_cli, serve_dir, write_csv, write_tar
 from pipeline.options import UsageError, resolve
 
 CSV = "label,youtube_id,time_start,time_end,split\nabseiling,abcdefghijk,1,11,val\n"
@@ -64,19 +62,12 @@ def test_missing_file_and_unreachable_url_are_one_line_exit_1(tmp_path):
             assert one_line_error(proc).startswith(f"kinetics-prep: error: cannot read annotations {source}: {why}")
 
 
-def _tarball(path, members):
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(text)
-            tar.addfile(info, io.BytesIO(text))
-    return path
 
 
 def test_bad_and_non_kinetics_tarballs_are_one_line(tmp_path):
     bad = write_csv(tmp_path / "bad.tar.gz", b"\x1f\x8b not really gzip")
-    other = _tarball(tmp_path / "other.tar.gz", {"readme.txt": b"hi", "data/train.json": b"{}"})
-    truncated = write_csv(tmp_path / "cut.tar.gz", _tarball(tmp_path / "k.tar.gz", {
+    other = write_tar(tmp_path / "other.tar.gz", {"readme.txt": b"hi", "data/train.json": b"{}"})
+    truncated = write_csv(tmp_path / "cut.tar.gz", write_tar(tmp_path / "k.tar.gz", {
         "k/train.csv": CSV.encode() * 2000}).read_bytes()[:600])
     for path, why in ((bad, f"cannot read annotation archive {bad}: "),
                       (other, f"{other} holds no train.csv, validate.csv or test.csv"),

@@ -24,12 +24,7 @@ K600 = [("air drumming", "cachea00001", 20, 30), ("answering questions", "cacheb
 SHARED = {("cachea00001", 20), ("cacheb00002", 5)}
 
 
-@pytest.fixture(autouse=True)
-def fresh_worker_state():
-    """The rate governor and bot-check breaker are per process; give each test its own."""
-    fetch._WORKER = fetch.WorkerState()
-    yield
-    fetch._WORKER = fetch.WorkerState()
+pytestmark = pytest.mark.usefixtures("fresh_fetch_worker")  # its own rate governor and breaker
 
 
 @pytest.fixture(scope="module")

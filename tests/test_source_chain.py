@@ -4,17 +4,15 @@ status and a reason naming what each source said. The pipeline test runs real Be
 root, CVDF parts streamed from a loopback HTTP server, and real yt-dlp against the fault server."""
 import functools
 import http.server
-import io
 import json
 import os
-import tarfile
 import threading
 
 import av
 import pytest
 
 import faultserver as fs
-from conftest import make_video, read_records, run_cli, write_csv
+from conftest import make_video, read_records, run_cli, write_csv, write_tar
 from pipeline.options import UsageError, check_fetch, resolve
 from transforms import fetch
 from transforms.plan import CVDF, FETCH, LOCAL, MOVES_ON, TELLING, chain, most_telling, plan, settled
@@ -144,12 +142,6 @@ class _LoggingHandler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
 
-def _part(path, members):
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +160,9 @@ def chain_run(tmp_path_factory):
     (root / "corrupt0001_000000_000003.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"not a video" * 200)
     parts = tmp / "parts"
     parts.mkdir()
-    _part(parts / "part_0.tar.gz", {f"val/{yid}_000000_000003.mp4": data
+    write_tar(parts / "part_0.tar.gz", {f"val/{yid}_000000_000003.mp4": data
                                     for yid in ("cvdfonly001", "corrupt0001", "bothlocal01")})
-    _part(parts / "part_1.tar.gz", {"val/unwanted000_000000_000003.mp4": data})
+    write_tar(parts / "part_1.tar.gz", {"val/unwanted000_000000_000003.mp4": data})
     youtube = fs.make_video(tmp / "youtube.mp4", 6, fps=10, width=96, height=64)
     mirrored = ("localonly01", "bothlocal01", "cvdfonly001", "corrupt0001", "nowhere0001")
     rows = [f"abseiling,{yid},0,3,val" for yid in mirrored] + ["archery,ytonly00001,1,3,val"]

@@ -19,12 +19,7 @@ ROWS = {  # youtube id: (plan, then)
 }
 
 
-@pytest.fixture(autouse=True)
-def fresh_worker_state():
-    """The rate governor and bot-check breaker are per process; give each test its own."""
-    fetch._WORKER = fetch.WorkerState()
-    yield
-    fetch._WORKER = fetch.WorkerState()
+pytestmark = pytest.mark.usefixtures("fresh_fetch_worker")  # its own rate governor and breaker
 
 
 @pytest.fixture(scope="module")
