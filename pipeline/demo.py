@@ -9,6 +9,7 @@ import av
 import cv2
 import numpy as np
 
+from transforms.video import x264_stream
 
 CLIPS_PER_CLASS = {"train": 2, "val": 1}
 SPLIT_FILES = {"train": "train.csv", "val": "validate.csv"}
@@ -30,7 +31,7 @@ def synthetic_video(path, seconds, *, fps=25, width=320, height=240, seed=0, aud
     speed = rng.uniform(1.5, 3.5, 2)
     n = int(round(seconds * fps))
     with av.open(path, "w") as out:
-        v = out.add_stream("libx264", rate=fps)
+        v = x264_stream(out, fps)
         v.width, v.height, v.pix_fmt = width, height, "yuv420p"
         v.options = {"preset": "ultrafast", "crf": str(crf), "threads": "1"}
         a = None

@@ -2,7 +2,9 @@
 worker (a fresh interpreter, another thread) runs the clip. Every output kind of the video stage
 (trimmed clip re-encoded and remuxed, resized clip, RGB frames) and the flow stage (dis, farneback,
 tvl1 on a tiny clip), through the stage functions and through the pipeline."""
+import ctypes
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -11,12 +13,13 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import av
 import pytest
 
 from conftest import ROOT, read_records, run_cli, write_csv
 from pipeline.demo import synthetic_video
 from transforms.flow import grey_frames, write_flow
-from transforms.video import Segment, VideoOptions, process
+from transforms.video import Segment, VideoOptions, process, x264_stream, zero_filled_heap
 
 HEAD = "label,youtube_id,time_start,time_end,split\n"
 
@@ -169,3 +172,23 @@ def digest_prefixed(folder, prefix):
         h.update(name.encode() + b"\0")
         h.update(pathlib.Path(folder, name).read_bytes())
     return h.hexdigest()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="zero_filled_heap needs glibc's mallopt")
+def test_after_an_x264_stream_is_made_malloc_returns_zeros_whatever_was_freed_before():
+    """The mechanism behind the bitstreams above: x264 reads memory it allocated and had not
+    written, so a heap that hands back freed bytes as they were made each clip's first GOP depend
+    on the clips before it."""
+    with av.open(io.BytesIO(), "w", format="mp4") as out:
+        x264_stream(out, 25)
+    assert zero_filled_heap()
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    for size in (4096, 64 << 10, 1 << 20):
+        block = libc.malloc(size)
+        ctypes.memset(block, 0xAB, size)
+        libc.free(block)
+        again = libc.malloc(size)
+        assert ctypes.string_at(again, size) == bytes(size)
+        libc.free(again)

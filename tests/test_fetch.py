@@ -75,9 +75,9 @@ def decoded_frames(path):
 # --- real fetches ------------------------------------------------------------------------------
 
 def test_segment_fetch_reads_only_the_padded_window(fetcher, server, source, tmp_path):
-    # a 2 MB/s link: unpaced, loopback socket buffers would take in the whole (small) source before
+    # a 500 kB/s link: unpaced, loopback socket buffers would take in the whole (small) source before
     # each abort and inflate the server's count
-    result = fetcher(ID, then=fs.trickle(2_000_000)).fetch(ID, 31.5, 41.5, str(tmp_path))
+    result = fetcher(ID, then=fs.trickle(500_000)).fetch(ID, 31.5, 41.5, str(tmp_path))
 
     assert result.segment and result.offset == 29.5 and result.fetch_range == (29.5, 43.5) and result.attempts == 1
     assert result.format_id == "mp4" and result.ytdlp_version == yt_dlp.version.__version__
@@ -89,10 +89,12 @@ def test_segment_fetch_reads_only_the_padded_window(fetcher, server, source, tmp
     stats = server.stats(ID)
     assert stats.log[0] == ("GET", None, 200)  # yt-dlp's generic extractor sniffs the content type
     # ffmpeg reads the index at the front, then jumps by HTTP Range to the keyframe before 29.5 s; the
-    # server's byte count includes what socket buffers took in before each abort (see bench/bench_fetch.py)
+    # server's byte count includes what was sent while ffmpeg had not yet closed a connection it left
+    # (see bench/bench_fetch.py): ~0.5 of the source on a quiet machine, more the longer a busy one
+    # keeps ffmpeg from closing; reading the source through would send all of it and more
     seeks = [int(rng.split("=")[1].rstrip("-")) for _, rng, _ in stats.log[1:] if rng and rng != "bytes=0-"]
     assert seeks and seeks[-1] > 0.4 * os.path.getsize(source)
-    assert result.bytes_fetched <= stats.bytes_sent < 0.5 * os.path.getsize(source)
+    assert result.bytes_fetched <= stats.bytes_sent < 0.8 * os.path.getsize(source)
 
 
 def test_whole_source_when_segments_are_off(fetcher, source, tmp_path):

@@ -10,7 +10,9 @@ The source is decoded once at full resolution; every frame whose timestamp lies 
 * rgb:     img_00001.jpg... at MMAction2's OpenCV size rules, JPEG quality 95.
 """
 import contextlib
+import ctypes
 import dataclasses
+import functools
 import os
 import time
 from fractions import Fraction
@@ -292,12 +294,36 @@ def _standard_layout(layout):
         layout.nb_channels, "stereo")
 
 
+M_PERTURB = -6  # glibc's mallopt parameter; byte 0xff: malloc fills with 0x00, free with 0xff
+
+
+@functools.cache
+def zero_filled_heap():
+    """Make every malloc of this process return zeros, as a fresh mmap does; True where it took.
+
+    x264 reads memory it allocated but did not write yet (the bitstreams differ only in the first
+    GOP, while its frame pool fills, and not without its x86 assembly), so what it made depended on
+    what the process's heap held before: a resized clip came out differently after other clips
+    (2 to 10 distinct files of one source). With allocations zero-filled the bitstream is the
+    one a fresh process makes, whatever ran before. glibc only (mallopt M_PERTURB; no measurable
+    cost per clip); elsewhere nothing changes and False is returned."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    return bool(mallopt and mallopt(M_PERTURB, 0xFF) == 1)
+
+
+def x264_stream(out, rate):
+    """A libx264 stream in `out`, one encoder thread; the heap zero-filled first (zero_filled_heap)."""
+    zero_filled_heap()
+    stream = out.add_stream("libx264", rate=rate)
+    stream.codec_context.thread_count = 1
+    return stream
+
+
 def _x264(out, vs, width, height, preset, crf, sar):
-    stream = out.add_stream("libx264", rate=frame_rate(vs) or 25)
+    stream = x264_stream(out, frame_rate(vs) or 25)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.time_base = vs.time_base
     stream.options = {"preset": preset, "crf": f"{crf:g}", "threads": "1"}
-    stream.codec_context.thread_count = 1
     if sar is not None and sar != 1:
         stream.sample_aspect_ratio = sar
     return stream
