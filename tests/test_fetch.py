@@ -287,7 +287,17 @@ def test_invalid_id_raises_before_any_request(fetcher, server, tmp_path):
     assert server.total_requests == 0
 
 
-def test_interrupted_fetch_kills_its_worker_group(fetcher, server, tmp_path):
+@pytest.fixture
+def python_sigint():
+    """SIGINT raising KeyboardInterrupt, as in a terminal: a process started in the background by a
+    shell without job control (a CI script's `cmd &`, a `( ... &)` subshell) inherits SIGINT ignored,
+    and Python then leaves it ignored, which would make the interrupt below do nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupted_fetch_kills_its_worker_group(fetcher, server, tmp_path, python_sigint):
     # the bounds are far off: on two saturated cores a worker can take minutes to start ffmpeg, and
     # the fetch must still be waiting on it when the interrupt comes
     f = fetcher(ID, then=fs.STALL, socket_timeout=900, clip_timeout=900)
