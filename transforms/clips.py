@@ -29,18 +29,9 @@ from transforms.ledger import Ledger
 from transforms.plan import (CACHE, FETCH, MAKE, REFRESH, SKIP, SOURCE_KIND, flow_to_make, layout_for, output_params,
                              plan, settled)
 from transforms.records import CORRUPT, EXISTS, FAILED, MISSING, OK, YOUTUBE_SOURCE, Clip, ClipRecord
-from transforms.video import VideoError, VideoOptions, display_size, frame_size, process
+from transforms.video import VideoError, display_size, frame_size, process
 
 log = logging.getLogger(__name__)
-
-
-def video_options(settings):
-    return VideoOptions(
-        trim=settings.trim, trim_preset=settings.trim_preset, trim_crf=settings.trim_crf,
-        scale=settings.scale, dense=settings.dense, remove_dup=settings.remove_dup,
-        upscale=settings.upscale, preset=settings.x264_preset, crf=settings.crf,
-        new_short=settings.new_short, new_width=settings.new_width, new_height=settings.new_height,
-        frame_index_base=settings.frame_index_base, min_duration_ratio=settings.min_duration_ratio)
 
 
 def refreshed(prev, clip, status):
@@ -70,7 +61,7 @@ def process_clip(job, settings, fetched=None):
         try:
             segment, name = sources.open_source(job, settings, work, fetched)
             took = time.perf_counter() - started
-            result = process(segment, list(job.make), video_options(settings), work)
+            result = process(segment, list(job.make), settings.video, work)
         except VideoError as e:
             return ClipRecord.of(clip, e.status, e.reason)
         kept = ClipRecord.from_dict(prev) if job.keep else None
@@ -93,7 +84,7 @@ def flow_source(record, settings, layout, work):
     size = record.get("frame_size")
     if size is None:
         shown = (record.get("width"), record.get("height")) if record.get("width") else display_size(path)
-        size = frame_size(*shown, video_options(settings))
+        size = frame_size(*shown, settings.video)
     if source != outputs.get("resized"):
         return source, path, size
     small = record.get("resized_size") or display_size(path)

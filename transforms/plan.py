@@ -7,6 +7,7 @@ all follow the same Job; nothing here reads or writes storage.
 import dataclasses
 import typing
 
+from transforms import optionfields
 from transforms.layout import Layout
 from transforms.ledger import is_complete
 from transforms.records import (CACHE_SOURCE, CORRUPT, CVDF_SOURCE, FAILED, LOCAL_SOURCE, MISSING as MISSING_STATUS,
@@ -123,15 +124,9 @@ def expected_outputs(clip, settings):
 
 
 def output_params(settings):
-    """{output kind: the options that shape it}; an output made with other options is made again."""
-    frames = {"new_short": settings.new_short, "new_width": settings.new_width,
-              "new_height": settings.new_height, "frame_index_base": settings.frame_index_base,
-              "remove_dup": settings.remove_dup}
-    return {"video": {"trim": settings.trim, "trim_preset": settings.trim_preset, "trim_crf": settings.trim_crf},
-            "resized": {"scale": settings.scale, "dense": settings.dense, "remove_dup": settings.remove_dup,
-                        "upscale": settings.upscale, "x264_preset": settings.x264_preset, "crf": settings.crf},
-            "rgb": frames,
-            "flow": dict(frames, flow_algorithm=settings.flow_algorithm, flow_bound=settings.flow_bound)}
+    """{output kind: the options that shape it (their fields' `shapes`)}; an output made with other
+    options is made again."""
+    return optionfields.output_params(settings)
 
 
 def kept_outputs(prev, expected, params):
