@@ -113,10 +113,19 @@ HELP_ORDER = (
     "trim_preset", "trim_crf", "scale", "dense", "remove_dup", "upscale", "x264_preset", "crf", "new_short",
     "new_width", "new_height", "frame_index_base", "flow_algorithm", "flow_bound", "flow_resource_hint",
     "shard_size_mb", "clips_per_shard", "shard_frames", "label_map", "progress_interval")
-FIELDS = optionfields.by_name(Settings)  # {option name: optionfields.Option}
-ORDERED = tuple(FIELDS[name] for name in HELP_ORDER) + tuple(o for o in FIELDS.values() if o.name not in HELP_ORDER)
-# name: (type, default, help). Every one may also be set in a YAML config under the same name.
-OPTIONS = optionfields.table(ORDERED)
+
+
+def option_tables(root):
+    """({option name: optionfields.Option}, the Options in --help order, the OPTIONS table) of the
+    configuration class `root` (Settings)."""
+    fields = optionfields.by_name(root)
+    ordered = tuple(fields[name] for name in HELP_ORDER) + \
+        tuple(o for o in fields.values() if o.name not in HELP_ORDER)
+    return fields, ordered, optionfields.table(ordered)
+
+
+# OPTIONS: name: (type, default, help). Every one may also be set in a YAML config under the same name.
+FIELDS, ORDERED, OPTIONS = option_tables(Settings)
 DATASET_KEYS = {"name", "label_map", "annotation_sets", "cvdf_parts", "demo", "published"}
 
 
