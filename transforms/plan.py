@@ -86,7 +86,7 @@ class Job:
 
 def chain(settings):
     """The --source names of the run, in order."""
-    return tuple(settings.source.split(","))
+    return settings.sources.names
 
 
 def most_telling(statuses):
@@ -112,7 +112,8 @@ def settled(job, name, record):
 
 
 def layout_for(settings):
-    return Layout(settings.output, flat=settings.flat, scale=settings.scale, dense=settings.dense)
+    outputs, video = settings.outputs, settings.video
+    return Layout(outputs.output, flat=outputs.flat, scale=video.scale, dense=video.dense)
 
 
 def expected_outputs(clip, settings):
@@ -120,7 +121,7 @@ def expected_outputs(clip, settings):
     layout = layout_for(settings)
     paths = {"video": layout.video(clip), "resized": layout.resized(clip),
              "rgb": layout.rawframes(clip), "flow": layout.rawframes(clip)}
-    return {kind: paths[kind] for step, kind in STEP_KINDS if step in settings.steps}
+    return {kind: paths[kind] for step, kind in STEP_KINDS if step in settings.outputs.steps}
 
 
 def output_params(settings):
@@ -151,14 +152,14 @@ def trusted_video(prev, clip, settings):
         return ""
     rel = layout_for(settings).video(clip)
     checked = VERIFY_LEVELS.get(prev.get("verified", "full"), 0)
-    return rel if prev.outputs.get("video") == rel and checked >= VERIFY_LEVELS[settings.verify] else ""
+    return rel if prev.outputs.get("video") == rel and checked >= VERIFY_LEVELS[settings.outputs.verify] else ""
 
 
 def plan(clip, prev, settings):
     """The Job for `clip` given its earlier record `prev` (None: none, or --redo)."""
     expected = expected_outputs(clip, settings)
     params = output_params(settings)
-    if is_complete(prev, expected, settings.retry_unavailable, params):
+    if is_complete(prev, expected, settings.outputs.retry_unavailable, params):
         return Job(clip, prev, SKIP)
     keep = kept_outputs(prev, expected, params)
     make = {k: expected[k] for k in DECODED_KINDS if k in expected and k not in keep}
