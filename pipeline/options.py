@@ -29,7 +29,9 @@ class UsageError(Exception):
 
 
 class _From:
-    """settings.NAME for settings.GROUP.NAME (or .FIELD): for the readers that take the whole Settings."""
+    """settings.NAME for settings.GROUP.NAME (or .FIELD): for the readers that still take the whole
+    Settings as a flat namespace (writers, shards, report, tally, progress, whose tests give them one)
+    and the tests that look at resolved values."""
 
     def __init__(self, group, field=None):
         self.group, self.field = group, field
@@ -62,44 +64,21 @@ class Settings:
     labels = _From("reading")
     annotations = _From("reading")
     splits = _From("reading")
-    classes = _From("reading")
     limit = _From("reading")
-    trim_format = _From("reading")
-    class_dirs = _From("reading")
-    label_map = _From("reading")
     output = _From("outputs")
     steps = _From("outputs")
     flat = _From("outputs")
-    verify = _From("outputs")
     shuffle = _From("outputs")
     seed = _From("outputs")
     filelist_format = _From("outputs")
     manifest_file_records = _From("outputs")
-    redo = _From("outputs")
-    retry_unavailable = _From("outputs")
     shard_size_mb = _From("outputs")
     clips_per_shard = _From("outputs")
     shard_frames = _From("outputs")
     source = _From("sources")
-    video_root = _From("sources")
     cvdf_parts = _From("sources")
     clip_cache = _From("sources")
-    trim = _From("video")
-    trim_preset = _From("video")
-    trim_crf = _From("video")
-    scale = _From("video")
-    dense = _From("video")
-    remove_dup = _From("video")
-    upscale = _From("video")
-    x264_preset = _From("video", "preset")
-    crf = _From("video")
-    new_short = _From("video")
-    new_width = _From("video")
-    new_height = _From("video")
     frame_index_base = _From("video")
-    min_duration_ratio = _From("video")
-    flow_algorithm = _From("flow")
-    flow_bound = _From("flow")
     flow_resource_hints = _From("flow")
 
 
