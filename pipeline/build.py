@@ -94,7 +94,8 @@ class FromCVDF(beam.PTransform):
         by_id = self.todo | "ById" >> beam.Map(lambda job: (job.clip.clip_id, (job.clip, job)))
         parts = (pbegin
                  | "PartLists" >> beam.Create([None])
-                 | "PartURLs" >> beam.FlatMap(lambda _, s: part_urls(s.sources.cvdf_parts, s.reading.splits), self.settings)
+                 | "PartURLs" >> beam.FlatMap(lambda _, s: part_urls(s.sources.cvdf_parts, s.reading.splits),
+                                              self.settings)
                  | "ReshuffleParts" >> beam.Reshuffle()
                  | "ReadParts" >> beam.ParDo(ReadParts(), beam.pvalue.AsMultiMap(by_id)).with_outputs(
                      "found", "failed", main="members"))

@@ -19,7 +19,7 @@ from transforms.optionfields import option
 from transforms.reader import AnnotationOptions
 from transforms.sources import SourceOptions
 from transforms.video import VideoOptions
-from transforms.writers import STEPS, OutputOptions
+from transforms.writers import STEPS, OutputOptions  # noqa: F401 - STEPS: the steps, known here as before
 
 DATASETS = ("kinetics400", "kinetics600", "kinetics700", "kinetics700_2020", "demo")
 

@@ -50,7 +50,8 @@ def test_a_field_declares_its_option():
     opts = {o.name: o for o in optionfields.options(Toy)}
     assert list(opts) == ["size", "mode", "tags", "toy_pad", "loud", "quiet", "pairs", "limit"]  # plain fields are not
     assert (opts["toy_pad"].field, opts["toy_pad"].flag, opts["toy_pad"].kind) == ("pad", "--toy-pad", float)
-    assert (opts["mode"].kind, opts["tags"].kind, opts["pairs"].kind, opts["limit"].kind) == (("a", "b"), list, dict, int)
+    assert (opts["mode"].kind, opts["tags"].kind, opts["pairs"].kind, opts["limit"].kind) == \
+        (("a", "b"), list, dict, int)
     assert optionfields.table(optionfields.options(Toy))["tags"] == (list, [], "tags, comma separated")
     # the field's own default: the option's, frozen
     assert (Toy().tags, Toy().pairs, Toy().size, Toy().pad) == ((), (), 3, 1.5)
@@ -95,7 +96,8 @@ def test_yaml_coercion():
 
 
 def test_a_rule_says_its_message_and_build_converts():
-    assert build(Toy, defaults(Toy, size=4, tags=["x"])) == Toy(size=8, tags=["x"], pairs={})  # values without a convert as merged
+    # a value without a convert is taken as merged
+    assert build(Toy, defaults(Toy, size=4, tags=["x"])) == Toy(size=8, tags=["x"], pairs={})
     assert build(Toy, defaults(Toy, size=4), factor=3).size == 12  # convert sees the context
     with pytest.raises(Refused) as e:
         build(Toy, defaults(Toy, size=0))
