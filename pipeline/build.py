@@ -12,18 +12,19 @@ from transforms.writers import WriteOutputs
 
 
 def annotation_reader(settings):
-    return AnnotationReader(settings.label_map, splits=settings.splits, classes=settings.classes,
-                            limit=settings.limit, trim_format=settings.trim_format,
-                            class_dirs=settings.class_dirs, dataset=settings.dataset)
+    reading = settings.reading
+    return AnnotationReader(reading.label_map, splits=reading.splits, classes=reading.classes, limit=reading.limit,
+                            trim_format=reading.trim_format, class_dirs=reading.class_dirs, dataset=settings.dataset)
 
 
 def build(p, settings):
-    read = p | "ReadAnnotations" >> ReadAnnotations(settings.annotations, annotation_reader(settings),
-                                                    (settings.output, settings.run_id))
+    steps = settings.outputs.steps
+    read = p | "ReadAnnotations" >> ReadAnnotations(settings.reading.annotations, annotation_reader(settings),
+                                                    (settings.outputs.output, settings.run_id))
     rows = read.rows  # as read: rows_of's pairs come from the reader's step, before any clip is processed
     shuffled = read.pieces | "Reshuffle" >> beam.Reshuffle() | "ReadRows" >> ReadRows()  # rows spread, not shuffled
     sources = chain(settings)
-    fetching = "fetch" in settings.steps and sources != ("local",)
+    fetching = "fetch" in steps and sources != ("local",)
     if fetching:
         checked = shuffled | "CheckLedger" >> beam.ParDo(CheckLedger(settings)).with_outputs("todo", main="done")
         served, todo = [checked.done], checked.todo
@@ -38,14 +39,14 @@ def build(p, settings):
         records = tuple(served) | "AllRecords" >> beam.Flatten()
     else:  # every record comes out of one step: no Flatten for a runner to hold whole
         records = shuffled | "ProcessClips" >> beam.ParDo(CheckAndProcess(settings))
-    if "flow" in settings.steps:
+    if "flow" in steps:
         records = (records
                    | "ReshuffleFlow" >> beam.Reshuffle()
                    | "ComputeFlow" >> beam.ParDo(ComputeFlow(settings)).with_resource_hints(
-                       **dict(settings.flow_resource_hints)))
-    shards = records | "WriteShards" >> WriteShards(settings) if "shards" in settings.steps else None
+                       **dict(settings.flow.flow_resource_hints)))
+    shards = records | "WriteShards" >> WriteShards(settings) if "shards" in steps else None
     _ = records | "WriteReport" >> WriteReport(settings, shards)
-    return records | "WriteOutputs" >> WriteOutputs(settings, settings.label_map.text(), rows_of(rows))
+    return records | "WriteOutputs" >> WriteOutputs(settings, settings.reading.label_map.text(), rows_of(rows))
 
 
 def row_of(row):
@@ -93,7 +94,8 @@ class FromCVDF(beam.PTransform):
         by_id = self.todo | "ById" >> beam.Map(lambda job: (job.clip.clip_id, (job.clip, job)))
         parts = (pbegin
                  | "PartLists" >> beam.Create([None])
-                 | "PartURLs" >> beam.FlatMap(lambda _, s: part_urls(s.cvdf_parts, s.splits), self.settings)
+                 | "PartURLs" >> beam.FlatMap(lambda _, s: part_urls(s.sources.cvdf_parts, s.reading.splits),
+                                              self.settings)
                  | "ReshuffleParts" >> beam.Reshuffle()
                  | "ReadParts" >> beam.ParDo(ReadParts(), beam.pvalue.AsMultiMap(by_id)).with_outputs(
                      "found", "failed", main="members"))

@@ -72,14 +72,14 @@ def check_output(url):
 def preflight(settings):
     """Fail fast, in one line, on inputs that cannot be read or an output that cannot be written."""
     with quiet_loggers():
-        for url in settings.annotations:
+        for url in settings.reading.annotations:
             check_annotations(url)
-        if "fetch" in settings.steps and "youtube" in settings.source.split(","):
+        if "fetch" in settings.outputs.steps and "youtube" in settings.sources.names:
             try:
                 fetch.preflight(settings.fetch)
             except RuntimeError as e:
                 raise PreflightError(str(e)) from None
-        check_output(settings.output)
+        check_output(settings.outputs.output)
 
 
 def error_behind(e, cls):
@@ -163,16 +163,16 @@ def check_remote_paths(settings, options):
     runner = str(options.view_as(StandardOptions).runner or "")
     if "dataflow" not in runner.lower():
         return
-    paths = [("--annotations", u) for u in settings.annotations] + [("--output", settings.output)]
-    if "fetch" in settings.steps and settings.source != "youtube" and settings.video_root:
-        paths.append(("--video-root", settings.video_root))
-    if "fetch" in settings.steps and isinstance(settings.cvdf_parts, str) and \
-            storage.normalize(settings.cvdf_parts) != settings.video_root:
-        paths.append(("--cvdf-parts", settings.cvdf_parts))
+    sources, fetching = settings.sources, "fetch" in settings.outputs.steps
+    paths = [("--annotations", u) for u in settings.reading.annotations] + [("--output", settings.outputs.output)]
+    if fetching and sources.source != "youtube" and sources.video_root:
+        paths.append(("--video-root", sources.video_root))
+    if fetching and isinstance(sources.cvdf_parts, str) and storage.normalize(sources.cvdf_parts) != sources.video_root:
+        paths.append(("--cvdf-parts", sources.cvdf_parts))
     if settings.fetch.cookies:
         paths.append(("--cookies", settings.fetch.cookies))
-    if settings.clip_cache:
-        paths.append(("--clip-cache", settings.clip_cache))
+    if sources.clip_cache:
+        paths.append(("--clip-cache", sources.clip_cache))
     local = [f"{flag} {url}" for flag, url in paths if storage.is_local(url)]
     if local:
         raise UsageError(f"{runner} workers cannot read this machine's files; upload them and pass "
@@ -190,8 +190,9 @@ def run(settings, options):
     if dry_run(options):
         p.run()
         return None, 0
-    tally.remove(settings.output)  # tallies and sorted runs a killed run left
-    runs.remove(settings.output)
+    out = settings.outputs.output
+    tally.remove(out)  # tallies and sorted runs a killed run left
+    runs.remove(out)
     progress = Progress(settings)
     progress.start()
     try:
@@ -208,9 +209,9 @@ def run(settings, options):
         raise RunError(stopped) from None
     finally:
         progress.stop()
-        tally.remove(settings.output, settings.run_id)
-        runs.remove(settings.output, settings.run_id)
-    return json.loads(storage.read_bytes(storage.join(settings.output, "summary.json"))), bot_check_stops(result)
+        tally.remove(out, settings.run_id)
+        runs.remove(out, settings.run_id)
+    return json.loads(storage.read_bytes(storage.join(out, "summary.json"))), bot_check_stops(result)
 
 
 def main(argv=None):
@@ -236,11 +237,12 @@ def main(argv=None):
     except (PreflightError, AnnotationError) as e:
         print(f"kinetics-prep: error: {e}", file=sys.stderr)
         return 1
-    print(f"kinetics-prep: {settings.dataset}: {', '.join(settings.annotations)} -> {settings.output} "
-          f"(steps {','.join(settings.steps)})", file=sys.stderr)
+    outputs = settings.outputs
+    print(f"kinetics-prep: {settings.dataset}: {', '.join(settings.reading.annotations)} -> {outputs.output} "
+          f"(steps {','.join(outputs.steps)})", file=sys.stderr)
     if not dry_run(options):
-        storage.sweep_temp_files(settings.output, flat=settings.flat)
-        cache.sweep(settings.clip_cache)
+        storage.sweep_temp_files(outputs.output, flat=outputs.flat)
+        cache.sweep(settings.sources.clip_cache)
     try:
         result, stopped = run(settings, options)
     except (AnnotationError, RunError) as e:
@@ -254,9 +256,9 @@ def main(argv=None):
         print(f"YouTube bot checks stopped fetching: {stopped:,} clips recorded rate_limited without a "
               "request; pass --cookies FILE and run the same command again to fetch them.")
     print(summary_table(result))
-    print(f"outputs: {settings.output} (report.html, manifest/, failures.csv, summary.json, label_map.txt"
-          + (", file lists" if "filelists" in settings.steps else "")
-          + (", shards/" if "shards" in settings.steps else "") + ")")
+    print(f"outputs: {outputs.output} (report.html, manifest/, failures.csv, summary.json, label_map.txt"
+          + (", file lists" if "filelists" in outputs.steps else "")
+          + (", shards/" if "shards" in outputs.steps else "") + ")")
     return 0
 
 

@@ -95,10 +95,10 @@ def rows(labels):
 
 def prepare(settings):
     """Write the demo's annotation CSVs and full-length source videos, unless already there."""
-    inputs = os.path.dirname(settings.annotations[0])
-    videos = settings.video_root or os.path.join(inputs, "videos")
+    inputs = os.path.dirname(settings.reading.annotations[0])
+    videos = settings.sources.video_root or os.path.join(inputs, "videos")
     os.makedirs(videos, exist_ok=True)
-    all_rows = rows(list(settings.labels))
+    all_rows = rows(list(settings.reading.labels))
     for n, (label, yid, start, end, split) in enumerate(all_rows):
         path = os.path.join(videos, f"{yid}.mp4")
         if yid == DEAD or os.path.exists(path):

@@ -29,18 +29,9 @@ from transforms.ledger import Ledger
 from transforms.plan import (CACHE, FETCH, MAKE, REFRESH, SKIP, SOURCE_KIND, flow_to_make, layout_for, output_params,
                              plan, settled)
 from transforms.records import CORRUPT, EXISTS, FAILED, MISSING, OK, YOUTUBE_SOURCE, Clip, ClipRecord
-from transforms.video import VideoError, VideoOptions, display_size, frame_size, process
+from transforms.video import VideoError, display_size, frame_size, process
 
 log = logging.getLogger(__name__)
-
-
-def video_options(settings):
-    return VideoOptions(
-        trim=settings.trim, trim_preset=settings.trim_preset, trim_crf=settings.trim_crf,
-        scale=settings.scale, dense=settings.dense, remove_dup=settings.remove_dup,
-        upscale=settings.upscale, preset=settings.x264_preset, crf=settings.crf,
-        new_short=settings.new_short, new_width=settings.new_width, new_height=settings.new_height,
-        frame_index_base=settings.frame_index_base, min_duration_ratio=settings.min_duration_ratio)
 
 
 def refreshed(prev, clip, status):
@@ -70,7 +61,7 @@ def process_clip(job, settings, fetched=None):
         try:
             segment, name = sources.open_source(job, settings, work, fetched)
             took = time.perf_counter() - started
-            result = process(segment, list(job.make), video_options(settings), work)
+            result = process(segment, list(job.make), settings.video, work)
         except VideoError as e:
             return ClipRecord.of(clip, e.status, e.reason)
         kept = ClipRecord.from_dict(prev) if job.keep else None
@@ -84,16 +75,17 @@ def process_clip(job, settings, fetched=None):
     return ClipRecord.made(clip, kept, name, outputs, sizes, params, seconds, result, SOURCE_KIND[job.source])
 
 
-def flow_source(record, settings, layout, work):
+def flow_source(record, video, layout, work):
     """(relative path, local copy, frame size) of the clip flow is computed from: the resized clip,
-    unless the frames are larger than it (--new-short 0 or above --scale) and the trimmed clip exists."""
+    unless the frames are larger than it (--new-short 0 or above --scale) and the trimmed clip exists.
+    `video`: the VideoOptions."""
     outputs = record.outputs
     source = outputs.get("resized") or outputs.get("video")
     path = sources.materialize(layout.url(source), work, "flow-source")
     size = record.get("frame_size")
     if size is None:
         shown = (record.get("width"), record.get("height")) if record.get("width") else display_size(path)
-        size = frame_size(*shown, video_options(settings))
+        size = frame_size(*shown, video)
     if source != outputs.get("resized"):
         return source, path, size
     small = record.get("resized_size") or display_size(path)
@@ -114,13 +106,14 @@ def add_flow(record, settings):
     layout = layout_for(settings)
     if not (outputs.get("resized") or outputs.get("video")):
         return record.with_status(MISSING, "flow: no video to compute it from")
+    video, flow = settings.video, settings.flow
     started = time.perf_counter()
     with storage.local_staging() as work:
-        source, path, size = flow_source(record, settings, layout, work)
-        frames = grey_frames(path, size, remove_dup=settings.remove_dup and source != outputs.get("resized"))
+        source, path, size = flow_source(record, video, layout, work)
+        frames = grey_frames(path, size, remove_dup=video.remove_dup and source != outputs.get("resized"))
         try:
-            pairs, _ = write_flow(frames, os.path.join(work, "flow"), algorithm=settings.flow_algorithm,
-                                  bound=settings.flow_bound, index_base=settings.frame_index_base)
+            pairs, _ = write_flow(frames, os.path.join(work, "flow"), algorithm=flow.flow_algorithm,
+                                  bound=flow.flow_bound, index_base=video.frame_index_base)
         except av.error.FFmpegError as e:
             return record.with_status(CORRUPT, f"flow: cannot decode {source}: {e}")
         written = publish("flow", os.path.join(work, "flow"), layout.url(rel))
@@ -140,7 +133,7 @@ def check(clip, ledger, settings):
     else (None, its Job). An invalid row's record is passed on as it is: (record, None)."""
     if not isinstance(clip, Clip):
         return clip, None
-    prev = None if settings.redo else ledger.read(clip.key)
+    prev = None if settings.outputs.redo else ledger.read(clip.key)
     job = plan(clip, prev, settings)
     if job.action == SKIP or scan.still_there(job, settings):
         record = refreshed(prev, clip, EXISTS if prev["status"] == OK else prev["status"]).to_dict()
@@ -157,7 +150,7 @@ class CheckLedger(beam.DoFn):
         self.settings = settings
 
     def setup(self):
-        self.ledger = Ledger(self.settings.output)
+        self.ledger = Ledger(self.settings.outputs.output)
 
     def process(self, row):
         record, job = check(row, self.ledger, self.settings)
@@ -173,7 +166,7 @@ class _Recording(beam.DoFn):
 
     def setup(self):
         cv2.setNumThreads(1)
-        self.ledger = Ledger(self.settings.output)
+        self.ledger = Ledger(self.settings.outputs.output)
 
     def finish_bundle(self):
         tally.flush(self.settings)
@@ -221,7 +214,7 @@ class ProcessClips(_Recording):
             if moved is not None:
                 return beam.pvalue.TaggedOutput(NEXT, moved)
             record = settled(job, self.stage, record)
-        flow_pending = "flow" in self.settings.steps and record.good
+        flow_pending = "flow" in self.settings.outputs.steps and record.good
         return self.finish(record, started, not flow_pending, job.prev)
 
 
@@ -283,7 +276,8 @@ class FetchClips(ProcessClips):
         """The finished record of a clip made from its --clip-cache entry (0 bytes fetched), or None:
         no cache, no entry, or one the video stage cannot use (the clip is then fetched, and its
         entry replaced)."""
-        if not self.settings.clip_cache or not cache.lookup(self.settings.clip_cache, job.clip):
+        clip_cache = self.settings.sources.clip_cache
+        if not clip_cache or not cache.lookup(clip_cache, job.clip):
             return None
         started = time.perf_counter()
         try:
@@ -293,10 +287,10 @@ class FetchClips(ProcessClips):
         if not record.good:
             Metrics.counter("cache", "unusable").inc()
             log.warning("clip cache: entry %s not used (%s): %s; fetching the clip",
-                        cache.entry_url(self.settings.clip_cache, job.clip), record.status, record.reason)
+                        cache.entry_url(clip_cache, job.clip), record.status, record.reason)
             return None
         Metrics.counter("cache", "hits").inc()
-        flow_pending = "flow" in self.settings.steps
+        flow_pending = "flow" in self.settings.outputs.steps
         return self.finish(record.served_by_cache(), started, not flow_pending, job.prev)
 
     def finish(self, record, started, last_step, prev=None):
@@ -310,15 +304,15 @@ class FetchClips(ProcessClips):
         """Put the trimmed clip of a good fetched record into the --clip-cache, when the run has one
         and trims exactly (a --trim copy clip starts at a keyframe before the segment). A cache that
         cannot be written is logged and counted; the clip stands."""
-        video = record.outputs.get("video")
-        if not (self.settings.clip_cache and self.settings.trim == "exact" and record.status == OK and video):
+        video, clip_cache = record.outputs.get("video"), self.settings.sources.clip_cache
+        if not (clip_cache and self.settings.video.trim == "exact" and record.status == OK and video):
             return
         try:
-            cache.write_from(self.settings.clip_cache, record.clip(), layout_for(self.settings).url(video))
+            cache.write_from(clip_cache, record.clip(), layout_for(self.settings).url(video))
             Metrics.counter("cache", "written").inc()
         except Exception as e:  # noqa: BLE001 - the clip is made; only its cache entry is not
             Metrics.counter("cache", "write_failed").inc()
-            log.warning("clip cache: cannot write %s: %s", cache.entry_url(self.settings.clip_cache, record.clip()), e)
+            log.warning("clip cache: cannot write %s: %s", cache.entry_url(clip_cache, record.clip()), e)
 
     @staticmethod
     def fetch_failure(clip, error):

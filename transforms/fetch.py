@@ -29,6 +29,8 @@ import tempfile
 import threading
 import time
 
+from transforms.optionfields import invalid, option, plain
+
 UNAVAILABLE, RATE_LIMITED, NETWORK, CORRUPT, FAILED = "unavailable", "rate_limited", "network", "corrupt", "failed"
 
 YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
@@ -43,9 +45,19 @@ _MAX_HOLD = 15 * 60      # the longest a Retry-After pauses a worker
 log = logging.getLogger(__name__)
 
 
+def _normalized(value, _):
+    from transforms import storage  # here: the fetch worker imports this module, not the storage clients
+    return storage.normalize(value) if value else None
+
+
+def _ytdlp_opts(value, _):
+    """--ytdlp-opt KEY=VALUE flags (a list) or a YAML mapping, as FetchOptions.ytdlp_opts."""
+    return tuple(value.items()) if isinstance(value, dict) else parse_ytdlp_opts(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class FetchOptions:
-    """What the launcher builds from CLI flags; picklable.
+    """The fetch group (yt-dlp's side of it); picklable.
 
     ``ytdlp_opts`` are YoutubeDL parameters (the Python API names, e.g. ``extractor_args``,
     ``http_headers``, ``cachedir``), merged last: they override the parameters set here.
@@ -54,21 +66,29 @@ class FetchOptions:
     bounds a Retry-After waited for within a clip. ``segment=False`` always downloads whole sources.
     ``cache_dir`` is yt-dlp's cache (YouTube player code and solved challenges, else fetched again
     by every fetch): None means one temp dir per worker process, removed at exit
-    (``ytdlp_opts`` ``cachedir=false`` disables it).
+    (``ytdlp_opts`` ``cachedir=false`` disables it). A field whose value its ``valid`` rule refuses
+    makes the options invalid (ValueError naming every such field).
     """
-    url_template: str = "https://www.youtube.com/watch?v={youtube_id}"
-    max_height: int = 720
-    pad: float = 2.0
-    cookies: str | None = None
-    proxy: str | None = None
-    ytdlp_opts: tuple = ()
-    fetch_rate: float = 0.0
-    retries: int = 3
-    socket_timeout: float = 30.0
-    clip_timeout: float = 300.0
-    bot_check_limit: int = 5
-    backoff_base: float = 2.0
-    backoff_cap: float = 60.0
+    url_template: str = option("https://www.youtube.com/watch?v={youtube_id}",
+                               "URL of a clip's video; {youtube_id} is replaced by the validated id")
+    max_height: int = option(720, "tallest video format to download (mp4, then webm)", valid=lambda v: v >= 1)
+    pad: float = option(2.0, "seconds fetched before and after each annotated segment", name="fetch_pad",
+                        valid=lambda v: v >= 0)
+    cookies: str | None = option(None, "Netscape cookies file, local or any URL (gs://...), for YouTube's "
+                                       "'confirm you're not a bot' checks", kind=str, convert=_normalized)
+    proxy: str | None = option(None, "proxy URL for yt-dlp and ffmpeg", kind=str)
+    ytdlp_opts: tuple = option({}, "extra yt-dlp option KEY=VALUE (Python API names, JSON values); repeatable; "
+                                   "overrides ours", name="ytdlp_opt", convert=_ytdlp_opts)
+    fetch_rate: float = option(0.0, "most clips per second per worker process (0 = no limit); halved on each "
+                                    "HTTP 429, then recovered", valid=lambda v: v >= 0)
+    retries: int = option(3, "retries of network and HTTP 429 failures, with backoff", valid=lambda v: v >= 0)
+    socket_timeout: float = option(30.0, "seconds without data before a transfer fails", valid=lambda v: v > 0)
+    clip_timeout: float = option(300.0, "hard bound in seconds on one clip's fetch, retries included; then it is "
+                                        "killed, recorded network", valid=lambda v: v > 0)
+    bot_check_limit: int = option(5, "consecutive bot checks after which a worker stops fetching",
+                                  valid=lambda v: v >= 1)
+    backoff_base: float = plain(2.0, valid=lambda v: v >= 0)
+    backoff_cap: float = plain(60.0, valid=lambda v: v >= 0)
     ffmpeg: str | None = None
     js_runtime: str | None = None
     segment: bool = True
@@ -84,11 +104,7 @@ class FetchOptions:
             json.dumps(dict(self.ytdlp_opts))
         except (TypeError, ValueError) as e:
             raise ValueError(f"ytdlp_opts must be (key, JSON value) pairs: {e}") from None
-        valid = {"max_height": self.max_height >= 1, "pad": self.pad >= 0, "fetch_rate": self.fetch_rate >= 0,
-                 "retries": self.retries >= 0, "socket_timeout": self.socket_timeout > 0,
-                 "clip_timeout": self.clip_timeout > 0, "bot_check_limit": self.bot_check_limit >= 1,
-                 "backoff_base": self.backoff_base >= 0, "backoff_cap": self.backoff_cap >= 0}
-        bad = [f"{name}={getattr(self, name)!r}" for name, ok in valid.items() if not ok]
+        bad = invalid(self)
         if bad:
             raise ValueError(f"invalid fetch options: {', '.join(bad)}")
 

@@ -5,17 +5,45 @@ round(255 (v + b) / 2b), in double precision and rounding half to even as densef
 cvRound does, and written as a single-channel JPEG (quality 95):
 flow_x_00001.jpg / flow_y_00001.jpg ..., N - 1 pairs for N frames.
 """
+import dataclasses
 import os
 
+import apache_beam as beam
 import av
 import cv2
 import numpy as np
 
 from transforms.layout import FLOW_PREFIXES, frame_name
+from transforms.optionfields import Refused, option
 from transforms.video import Decimate, Scaler, planes
 
 ALGORITHMS = ("tvl1", "tvl1-fast", "farneback", "dis")
 FARNEBACK = (0.5, 5, 13, 10, 5, 1.1, 0)  # denseflow's farn: cuda::FarnebackOpticalFlow::create() defaults
+
+
+def resource_hints(value, _=None):
+    """--flow-resource-hint KEY=VALUE flags (a list) or a YAML mapping, as Beam takes them: sorted
+    (key, value) pairs; refused unless Beam knows them."""
+    pairs = value.items() if isinstance(value, dict) else (v.partition("=")[::2] for v in value)
+    hints = {k.strip(): str(v).strip() for k, v in pairs}
+    try:
+        beam.Map(lambda x: x).with_resource_hints(**hints)
+    except (ValueError, TypeError) as e:
+        raise Refused(f"--flow-resource-hint: {e}") from None
+    return tuple(sorted(hints.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowOptions:
+    """The flow group: the algorithm, the quantisation bound and the flow stage's Beam resource hints."""
+    flow_algorithm: str = option("tvl1", "optical flow: tvl1 (OpenCV DualTVL1 defaults, denseflow-compatible), "
+                                         "tvl1-fast (epsilon 0.03), farneback, dis (DIS, fast preset)",
+                                 choices=ALGORITHMS, shapes=("flow",))
+    flow_bound: float = option(20.0, "flow quantisation bound (denseflow -b)", shapes=("flow",),
+                               refuse=(lambda v: v <= 0, "--scale must be >= 2 and --flow-bound > 0"))
+    flow_resource_hints: tuple = option({}, "Beam resource hint KEY=VALUE for the flow stage alone (min_ram, "
+                                            "cpu_count, accelerator); repeatable",
+                                        name="flow_resource_hint", convert=resource_hints)
 
 
 def make_flow(algorithm):

@@ -7,6 +7,7 @@ all follow the same Job; nothing here reads or writes storage.
 import dataclasses
 import typing
 
+from transforms import optionfields
 from transforms.layout import Layout
 from transforms.ledger import is_complete
 from transforms.records import (CACHE_SOURCE, CORRUPT, CVDF_SOURCE, FAILED, LOCAL_SOURCE, MISSING as MISSING_STATUS,
@@ -85,7 +86,7 @@ class Job:
 
 def chain(settings):
     """The --source names of the run, in order."""
-    return tuple(settings.source.split(","))
+    return settings.sources.names
 
 
 def most_telling(statuses):
@@ -111,7 +112,8 @@ def settled(job, name, record):
 
 
 def layout_for(settings):
-    return Layout(settings.output, flat=settings.flat, scale=settings.scale, dense=settings.dense)
+    outputs, video = settings.outputs, settings.video
+    return Layout(outputs.output, flat=outputs.flat, scale=video.scale, dense=video.dense)
 
 
 def expected_outputs(clip, settings):
@@ -119,19 +121,13 @@ def expected_outputs(clip, settings):
     layout = layout_for(settings)
     paths = {"video": layout.video(clip), "resized": layout.resized(clip),
              "rgb": layout.rawframes(clip), "flow": layout.rawframes(clip)}
-    return {kind: paths[kind] for step, kind in STEP_KINDS if step in settings.steps}
+    return {kind: paths[kind] for step, kind in STEP_KINDS if step in settings.outputs.steps}
 
 
 def output_params(settings):
-    """{output kind: the options that shape it}; an output made with other options is made again."""
-    frames = {"new_short": settings.new_short, "new_width": settings.new_width,
-              "new_height": settings.new_height, "frame_index_base": settings.frame_index_base,
-              "remove_dup": settings.remove_dup}
-    return {"video": {"trim": settings.trim, "trim_preset": settings.trim_preset, "trim_crf": settings.trim_crf},
-            "resized": {"scale": settings.scale, "dense": settings.dense, "remove_dup": settings.remove_dup,
-                        "upscale": settings.upscale, "x264_preset": settings.x264_preset, "crf": settings.crf},
-            "rgb": frames,
-            "flow": dict(frames, flow_algorithm=settings.flow_algorithm, flow_bound=settings.flow_bound)}
+    """{output kind: the options that shape it (their fields' `shapes`)}; an output made with other
+    options is made again."""
+    return optionfields.output_params(settings)
 
 
 def kept_outputs(prev, expected, params):
@@ -156,14 +152,14 @@ def trusted_video(prev, clip, settings):
         return ""
     rel = layout_for(settings).video(clip)
     checked = VERIFY_LEVELS.get(prev.get("verified", "full"), 0)
-    return rel if prev.outputs.get("video") == rel and checked >= VERIFY_LEVELS[settings.verify] else ""
+    return rel if prev.outputs.get("video") == rel and checked >= VERIFY_LEVELS[settings.outputs.verify] else ""
 
 
 def plan(clip, prev, settings):
     """The Job for `clip` given its earlier record `prev` (None: none, or --redo)."""
     expected = expected_outputs(clip, settings)
     params = output_params(settings)
-    if is_complete(prev, expected, settings.retry_unavailable, params):
+    if is_complete(prev, expected, settings.outputs.retry_unavailable, params):
         return Job(clip, prev, SKIP)
     keep = kept_outputs(prev, expected, params)
     make = {k: expected[k] for k in DECODED_KINDS if k in expected and k not in keep}

@@ -6,6 +6,7 @@ local path, http(s)://, gs:// or the train/validate/test.csv members of the offi
 """
 import collections
 import csv
+import dataclasses
 import hashlib
 import io
 import math
@@ -21,6 +22,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import runs, storage, tally
+from transforms.optionfields import Refused, as_list, option
 from transforms.records import SPLITS, Clip, invalid_record, number
 
 YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
@@ -445,6 +447,94 @@ class LabelMap:
 
     def text(self):
         return "".join(f"{label}\n" for label in self.labels)
+
+
+def label_lines(lines, where):
+    """Labels, one a line: trailing blank lines are ignored, an interior one is refused (a label's
+    index is its line number)."""
+    labels = [str(label).strip() for label in lines]
+    while labels and not labels[-1]:
+        labels.pop()
+    blank = next((n for n, label in enumerate(labels, 1) if not label), None)
+    if blank:
+        raise Refused(f"label map {where}: line {blank} is blank (a label's index is its line number)")
+    return tuple(labels)
+
+
+def _annotation_urls(value, context):
+    """--annotations: paths or URLs, a name of the dataset's `annotation_sets` standing for its list."""
+    sets = context["annotation_sets"]
+    urls = []
+    for item in as_list(value) or []:
+        urls.extend(as_list(sets[item]) if item in sets else [item])
+    if not urls:
+        raise Refused("no annotations: pass --annotations PATH_OR_URL")
+    return tuple(storage.normalize(url) for url in urls)
+
+
+def _splits(value, _):
+    splits = []
+    for split in as_list(value):
+        split = {"validate": "val"}.get(split, split)
+        if split not in SPLITS:
+            raise Refused(f"--splits: unknown split {split!r} (train, val, test)")
+        splits.append(split)
+    return tuple(splits)
+
+
+def _trim_format(value, _):
+    try:
+        check_trim_format(value)
+    except ValueError as e:
+        raise Refused(str(e)) from None
+    return value
+
+
+def _labels(value, context):
+    """The labels of --label-map (a path or URL, read) or of the dataset config (its lines)."""
+    dataset = context["dataset"]
+    if value is None:
+        raise Refused(f"dataset {dataset!r} has no label map: pass --label-map FILE")
+    where = value if isinstance(value, str) else f"of {dataset}"
+    if isinstance(value, str):
+        try:
+            value = storage.read_bytes(value).decode("utf-8").splitlines()
+        except (OSError, ValueError) as e:
+            raise Refused(f"cannot read label map {value}: {e}") from None
+    return label_lines(value, where)
+
+
+def _classes(value, context):
+    classes = as_list(value)
+    label_map = LabelMap(context["labels"])
+    unknown = [c for c in classes if label_map.lookup(c) is None]
+    if unknown:
+        raise Refused(f"--classes: not in the {context['dataset']} label map: {', '.join(unknown)}")
+    return tuple(classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnotationOptions:
+    """The annotations group: which annotation rows become clips, and how the clips are named.
+    Built with the dataset's name (`dataset`) and its config's `annotation_sets` as context."""
+    annotations: tuple = option(None, "annotation CSVs or tarballs (path, http(s)://, gs://), or the name of a set "
+                                      "in the dataset config (deepmind, mmaction2, cvdf); repeatable",
+                                kind=list, convert=_annotation_urls)
+    splits: tuple = option(list(SPLITS), "splits to process, comma separated (train,val,test; validate = val)",
+                           convert=_splits)
+    limit: int = option(None, "only the first N valid rows per split, in annotation order, after --classes",
+                        refuse=(lambda v: v is not None and v < 0, "--limit must be >= 0"))
+    trim_format: str = option("%06d", "printf format of the start/end seconds in clip ids", convert=_trim_format)
+    class_dirs: str = option("clean", "clean: spaces to _ and quotes dropped (MMAction2); raw: the label as the "
+                                      "crawler wrote it", choices=("clean", "raw"))
+    labels: tuple = option(None, "label map file (one label per line); default: the dataset's own",
+                           name="label_map", kind=str, passes=(list,), convert=_labels)
+    classes: tuple = option([], "only these classes (raw labels or class-dir names), comma separated",
+                            convert=_classes)
+
+    @property
+    def label_map(self):
+        return LabelMap(self.labels)
 
 
 def _split_of(row, name):

@@ -26,8 +26,8 @@ def existing_outputs(clip, settings, prev=None):
     rel = layout.video(clip)
     outputs, fields, notes = {}, {}, []  # fields: probe's facts
     try:
-        fields = probe(layout.url(rel), clip.duration, full=settings.verify == "full",
-                       min_ratio=settings.min_duration_ratio)
+        fields = probe(layout.url(rel), clip.duration, full=settings.outputs.verify == "full",
+                       min_ratio=settings.video.min_duration_ratio)
         outputs["video"] = rel
     except VideoError as e:
         notes.append(f"{rel}: {e.reason}")
@@ -43,4 +43,4 @@ def existing_outputs(clip, settings, prev=None):
     if not outputs:
         return ClipRecord.of(clip, MISSING, "; ".join(notes))
     earlier = ClipRecord.from_dict(prev) if prev else None
-    return ClipRecord.in_tree(clip, earlier, "; ".join(notes), outputs, settings.verify, fields, img, flow)
+    return ClipRecord.in_tree(clip, earlier, "; ".join(notes), outputs, settings.outputs.verify, fields, img, flow)

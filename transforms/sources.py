@@ -32,6 +32,7 @@ import apache_beam as beam
 
 from transforms import cache, plan, storage
 from transforms.layout import source_stems
+from transforms.optionfields import Refused, as_list, option
 from transforms.records import FAILED, MISSING
 from transforms.video import Segment, VideoError
 
@@ -39,6 +40,78 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "avi", "mov", "m4v", "flv", "3gp", "mpg", "mpeg", "ts")
 PART_PATTERNS = ("*.tar.gz", "*.tgz", "*.tar")
+SOURCE_NAMES = ("youtube", "local", "cvdf")  # --source: the sources of the fetch step
+
+
+def source_names(value, _=None):
+    """--source: the ordered source names (each of SOURCE_NAMES, each at most once), comma-joined."""
+    names = as_list(value) or []
+    if not names:
+        raise Refused(f"--source: name at least one source ({', '.join(SOURCE_NAMES)})")
+    for name in names:
+        if name not in SOURCE_NAMES:
+            raise Refused(f"--source: unknown source {name!r} (choose from {', '.join(SOURCE_NAMES)})")
+        if names.count(name) > 1:
+            raise Refused(f"--source: {name} named twice in {','.join(names)} (each source at most once)")
+    return ",".join(names)
+
+
+def _video_root(value, context):
+    """--video-root, which `local` needs when the fetch step runs."""
+    sources = context["source"].split(",")
+    if "fetch" in context["steps"] and "local" in sources and not value:
+        raise Refused(f"--source {','.join(sources)} needs --video-root DIR_OR_URL")
+    return storage.normalize(value) if value else None
+
+
+def _cvdf_parts(value, context):
+    """Where `cvdf` finds the parts when the fetch step runs (else None): --cvdf-parts (or a config's
+    `cvdf_parts` folder URL), else --video-root when the sources have no `local` (whose root it is),
+    else the dataset config's part lists (context["config_parts"])."""
+    sources, dataset = context["source"].split(","), context["dataset"]
+    if "cvdf" not in sources or "fetch" not in context["steps"]:
+        return None
+    root = context["values"]["video_root"]
+    if isinstance(value, str) and value:
+        parts = storage.normalize(value)
+    elif "local" not in sources and root:
+        parts = root
+    else:
+        parts = context["config_parts"]
+    if not parts:
+        if "local" in sources:
+            raise Refused(f"--source {','.join(sources)}: {dataset} has no CVDF part lists; pass "
+                          "--cvdf-parts with a folder of parts (--video-root is local's)")
+        raise Refused(f"--source cvdf: {dataset} has no CVDF part lists; pass --video-root with "
+                      "a folder of parts")
+    return parts
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    """The sources group: where the fetch step gets each clip from. Built with the run's `steps`,
+    `dataset` and the dataset config's `config_parts` ({split: part list URL} or None) as context."""
+    source: str = option(["youtube"], "where the fetch step gets clips, an ordered comma list of sources, each at "
+                                      "most once (e.g. local,cvdf,youtube): each clip from the first that has a "
+                                      "usable video. youtube (yt-dlp, only the annotated segment), local (files "
+                                      "under --video-root: {clip}.*, {class}/{clip}.* or full-length "
+                                      "{youtube_id}.*), cvdf (the CVDF .tar.gz parts: --cvdf-parts, else a "
+                                      "folder of parts given as --video-root unless local is listed too, else "
+                                      "the dataset's part lists)", value="youtube", convert=source_names)
+    video_root: str = option(None, "local dir or URL holding the source videos (or CVDF parts)",
+                             convert=_video_root)
+    cvdf_parts: object = option(None, "local dir or URL of a folder of CVDF parts (.tar.gz, .tgz, .tar) for "
+                                      "--source cvdf; default: --video-root when --source lists no local, else "
+                                      "the dataset config's part lists", kind=str, passes=(dict,), convert=_cvdf_parts)
+    clip_cache: str = option(None, "clip cache shared across runs and datasets: a local dir or URL (gs://...) of "
+                                   "trimmed clips {youtube_id}_{start:06d}_{end:06d}.mp4 (a CVDF download is one), "
+                                   "looked in before each YouTube fetch and written after it",
+                             convert=lambda value, _: storage.normalize(value) if value else None)
+
+    @property
+    def names(self):
+        """The --source names, in order."""
+        return tuple(self.source.split(","))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +225,9 @@ def open_source(job, settings, workdir, fetched=None):
     if job.source == plan.CVDF:
         return member_segment(clip, job.member, job.data, workdir)
     if job.source == plan.CACHE:
-        return cached_segment(settings.clip_cache, clip, workdir)
+        return cached_segment(settings.sources.clip_cache, clip, workdir)
     if job.source == plan.LOCAL:
-        return local_segment(settings.video_root, clip, workdir)
+        return local_segment(settings.sources.video_root, clip, workdir)
     if job.source == plan.FETCH:
         return fetched(clip, workdir)
     if job.source == plan.MISSING:

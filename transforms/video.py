@@ -24,6 +24,7 @@ from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
 from transforms import layout, storage
+from transforms.optionfields import option, rule
 
 MP4_AUDIO = {"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}
 STORES_PTS = {"mov", "mp4", "matroska", "webm", "mpegts", "flv"}
@@ -44,21 +45,45 @@ class VideoError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class VideoOptions:
-    trim: str = "exact"
-    trim_preset: str = "veryfast"
-    trim_crf: float = 21.5
-    scale: int = 256
-    dense: bool = True
-    remove_dup: bool = False
-    upscale: bool = True
-    preset: str = "veryfast"
-    crf: float = 21.5
-    new_short: int = 256
-    new_width: int = 0
-    new_height: int = 0
-    frame_index_base: int = 1
+    """The video group: how the trimmed clip, the resized clip and the RGB frames are made.
+
+    The field order is the order of each output's options in a record's `params` (plan.output_params):
+    keep it when adding one. The launcher checks these options in the order of their rules' ranks,
+    the order it has always checked them in (the first broken rule is the error it reports)."""
+    trim: str = option("exact", "exact: frames in [start, end), re-encoded unless the source already is the clip; "
+                                "copy: stream copy from the keyframe before start (faster, not exact)",
+                       choices=("exact", "copy"), shapes=("video",))
+    trim_preset: str = option("veryfast", "x264 preset of the trimmed clip's re-encode", shapes=("video",))
+    trim_crf: float = option(21.5, "x264 CRF of the trimmed clip's re-encode", shapes=("video",),
+                             refuse=rule(lambda v: v < 0, "--trim-crf must be >= 0", rank=5))
+    scale: int = option(256, "short edge of the resized clip", shapes=("resized",),
+                        refuse=(rule(lambda v: v < 0, "--scale must be >= 0", rank=4),
+                                rule(lambda v: v < 2, "--scale must be >= 2 and --flow-bound > 0", rank=10)))
+    dense: bool = option(True, "resized clip with a keyframe every 16 frames (MMAction2 --dense); --no-dense for "
+                               "x264's default and the videos_{split}_{S}p dir", shapes=("resized",))
+    new_short: int = option(256, "short edge of RGB/flow frames (MMAction2's OpenCV rounding); 0 = original size",
+                            shapes=("rgb", "flow"), refuse=rule(lambda v: v < 0, "--new-short must be >= 0", rank=7))
+    new_width: int = option(0, "fixed frame width (with --new-height)", shapes=("rgb", "flow"),
+                            refuse=rule(lambda v: v < 0, "--new-width must be >= 0", rank=8))
+    new_height: int = option(0, "fixed frame height (with --new-width)", shapes=("rgb", "flow"),
+                             refuse=rule(lambda v: v < 0, "--new-height must be >= 0", rank=9))
+    frame_index_base: int = option(1, "number of the first img_/flow_ file: 1 (MMAction2) or 0 (denseflow)",
+                                   shapes=("rgb", "flow"),
+                                   refuse=rule(lambda v: v not in (0, 1), "--frame-index-base must be 0 or 1", rank=2))
+    remove_dup: bool = option(False, "drop duplicate frames from the resized clip, frames and flow (mpdecimate, "
+                                     "variable frame rate)", shapes=("resized", "rgb", "flow"))
+    upscale: bool = option(True, "upscale inputs smaller than --scale as ffmpeg does; --no-upscale keeps them "
+                                 "(denseflow)", shapes=("resized",))
+    preset: str = option("veryfast", "x264 preset of the resized clip", name="x264_preset", shapes=("resized",))
+    crf: float = option(21.5, "x264 CRF of the resized clip", shapes=("resized",),
+                        refuse=rule(lambda v: v < 0, "--crf must be >= 0", rank=6))
     jpeg_quality: int = 95
-    min_duration_ratio: float = 0.8
+    min_duration_ratio: float = option(0.8, "a clip shorter than this fraction of its annotated length is 'short'",
+                                       refuse=rule(lambda v: not 0 <= v <= 1,
+                                                   "--min-duration-ratio must be between 0 and 1", rank=1))
+
+    RULES = (rule(lambda m: bool(m["new_width"]) != bool(m["new_height"]), "--new-width and --new-height go together",
+                  rank=3),)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ unless every annotation row it kept has its record (IncompleteRun).
 import bisect
 import collections
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -28,6 +29,7 @@ from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
 from transforms import filelists, runs, storage
 from transforms.ledger import dump
+from transforms.optionfields import Refused, as_list, option
 from transforms.records import GOOD, SPLITS, ClipRecord
 
 FAILURE_COLUMNS = ("split", "label", "youtube_id", "time_start", "time_end", "status", "reason")
@@ -39,6 +41,51 @@ QUANTILES = 1000  # order ranges known per split: enough for 1000 manifest files
 QUANTILE_ERROR, QUANTILE_ELEMENTS = 0.002, 10 ** 7
 FAILURES = "failures"  # failures.csv is one file in annotation order across splits: its own ranges
 FAILURES_PER_RANGE = 50000
+STEPS = ("fetch", "resize", "rgb", "flow", "shards", "filelists")
+SHARD_SIZES = "--shard-size-mb must be > 0 and --clips-per-shard >= 1"
+
+
+def _steps(value, _):
+    steps = as_list(value)
+    for step in steps:
+        if step not in STEPS:
+            raise Refused(f"--steps: unknown step {step!r} (choose from {','.join(STEPS)})")
+    return tuple(steps)
+
+
+def _truth(value, _):
+    return bool(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputOptions:
+    """The outputs group: where the outputs go, which steps make them, how an existing tree is
+    trusted, and the manifest, file list and shard formats."""
+    output: str = option(None, "output root: a local directory or gs://bucket/prefix",
+                         refuse=(lambda v: not v, "no output: pass --output DIR_OR_URL"),
+                         convert=lambda value, _: storage.normalize(value))
+    steps: tuple = option(["filelists"], f"comma list of steps from {','.join(STEPS)}", convert=_steps)
+    flat: bool = option("classes", "classes: videos_{split}/{class}/{clip}.mp4 (level 2); flat: "
+                                   "videos_{split}/{clip}.mp4 (level 1)",
+                        name="layout", choices=("classes", "flat"), value=False,
+                        convert=lambda value, _: value == "flat")
+    verify: str = option("probe", "how to check an existing video: probe (open, duration) or full (decode every "
+                                  "frame)", choices=("probe", "full"))
+    shuffle: bool = option(False, "shuffle the file lists as MMAction2's --shuffle does", convert=_truth)
+    seed: int = option(None, "random seed for --shuffle (random.seed(N); random.shuffle(lines))")
+    filelist_format: str = option("txt", "file list format", choices=("txt", "json"))
+    manifest_file_records: int = option(20000, "most records in one manifest file: a split with more is written in "
+                                               "parallel as manifest/{split}-NNNNN-of-NNNNN.jsonl",
+                                        refuse=(lambda v: v < 1, "--manifest-file-records must be >= 1"))
+    redo: bool = option(False, "ignore the ledger and redo every clip (re-verify a tree that changed)",
+                        convert=_truth)
+    retry_unavailable: bool = option(False, "also retry clips the ledger holds as permanently unavailable",
+                                     convert=_truth)
+    shard_size_mb: float = option(1024.0, "target size of a WebDataset shard in MiB",
+                                  refuse=(lambda v: v <= 0, SHARD_SIZES))
+    clips_per_shard: int = option(None, "clips per WebDataset shard (instead of --shard-size-mb)",
+                                  refuse=(lambda v: v is not None and v < 1, SHARD_SIZES))
+    shard_frames: bool = option(False, "also put each clip's RGB and flow JPEGs in the shards", convert=_truth)
 
 
 def sort_key(record):
