@@ -290,7 +290,7 @@ def fetch_options(m, steps, layers, dataset):
     sources = _group(SourceOptions, m, steps=steps, dataset=dataset, config_parts=config_parts)
     try:
         fetch = optionfields.build(FetchOptions, m)
-    except ValueError as e:
+    except (optionfields.Refused, ValueError) as e:
         raise UsageError(str(e)) from None
     return sources, fetch
 

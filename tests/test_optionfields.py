@@ -3,11 +3,13 @@
 each output's params); and that a new option added as one field reaches the CLI, YAML and --help."""
 import argparse
 import dataclasses
+import importlib.util
 import re
 
 import pytest
 
 from pipeline import options
+from conftest import run_cli
 from pipeline.options import UsageError, resolve
 from transforms import optionfields, plan
 from transforms.fetch import FetchOptions
@@ -205,3 +207,24 @@ def test_a_new_field_is_an_option_on_the_command_line_in_yaml_and_in_help(sharpe
 def test_every_option_is_in_help_order_once():
     assert sorted(options.HELP_ORDER) == sorted(options.FIELDS) and len(set(options.HELP_ORDER)) == \
         len(options.HELP_ORDER)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--output", "foo://x"], "--output: unknown URL scheme 'foo://' in 'foo://x'"),
+    (["--output", "o", "--clip-cache", "foo://x"], "--clip-cache: unknown URL scheme 'foo://' in 'foo://x'"),
+    (["--output", "o", "--annotations", "foo://a.csv"], "--annotations: unknown URL scheme 'foo://' in 'foo://a.csv'"),
+    (["--output", "o", "--cookies", "foo://c"], "--cookies: unknown URL scheme 'foo://' in 'foo://c'"),
+    (["--output", "o", "--source", "local", "--steps", "fetch", "--video-root", "foo://v"],
+     "--video-root: unknown URL scheme 'foo://' in 'foo://v'"),
+    (["--output", "s3://bucket/x"], "--output: s3:// needs a package that is not installed (Install s3fs to access S3)"),
+])
+def test_a_url_no_filesystem_serves_is_one_usage_error(args, message, capsys):
+    """A value no rule foresaw (here a URL of a scheme fsspec lacks) is the option's one error line,
+    never a traceback: exit 2."""
+    if args[1].startswith("s3:") and importlib.util.find_spec("s3fs"):
+        pytest.skip("s3fs is installed here: s3:// is a usable scheme")
+    with pytest.raises(UsageError) as e:
+        resolve(["--dataset", "demo", *args])
+    assert str(e.value) == message
+    assert run_cli("--dataset", "demo", *args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"kinetics-prep: error: {message}"

@@ -240,7 +240,10 @@ def converted(cls, values, **context):
             r.check(values[o.name])
         else:
             value = values[o.name]
-            out[o.field] = o.convert(value, ctx) if o.convert else value
+            try:
+                out[o.field] = o.convert(value, ctx) if o.convert else value
+            except ValueError as e:  # a value no rule foresaw (a URL of an unknown scheme): one line
+                raise Refused(f"{o.flag}: {e}") from None
             ctx[o.field] = out[o.field]
     return out
 

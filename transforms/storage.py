@@ -82,9 +82,15 @@ def is_local(url):
 def normalize(url):
     """One spelling per location: absolute local paths, protocol-qualified remote urls.
 
-    Works on the string alone: making a gcsfs instance would search for credentials.
+    Works on the string alone: making a gcsfs instance would search for credentials. A scheme
+    fsspec does not know, or one whose package is not installed, is a ValueError saying so.
     """
-    cls = fsspec.get_filesystem_class(protocol(url))
+    try:
+        cls = fsspec.get_filesystem_class(protocol(url))
+    except ValueError:
+        raise ValueError(f"unknown URL scheme {protocol(url) + '://'!r} in {url!r}") from None
+    except ImportError as e:
+        raise ValueError(f"{protocol(url)}:// needs a package that is not installed ({e})") from None
     path = compat.strip_protocol(cls, url)
     if is_local(url):
         return os.path.abspath(path)
