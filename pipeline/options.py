@@ -28,21 +28,6 @@ class UsageError(Exception):
     pass
 
 
-class _From:
-    """settings.NAME for settings.GROUP.NAME (or .FIELD): for the readers that still take the whole
-    Settings as a flat namespace (writers, shards, report, tally, progress, whose tests give them one)
-    and the tests that look at resolved values."""
-
-    def __init__(self, group, field=None):
-        self.group, self.field = group, field
-
-    def __set_name__(self, owner, name):
-        self.field = self.field or name
-
-    def __get__(self, settings, owner=None):
-        return self if settings is None else getattr(getattr(settings, self.group), self.field)
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """The resolved configuration that travels to the workers: one option group per stage and the
@@ -60,26 +45,6 @@ class Settings:
     run_id: str
     progress_interval: float = option(10.0, "seconds between progress lines (at least 10)",
                                       convert=lambda value, _: max(10.0, value))
-
-    labels = _From("reading")
-    annotations = _From("reading")
-    splits = _From("reading")
-    limit = _From("reading")
-    output = _From("outputs")
-    steps = _From("outputs")
-    flat = _From("outputs")
-    shuffle = _From("outputs")
-    seed = _From("outputs")
-    filelist_format = _From("outputs")
-    manifest_file_records = _From("outputs")
-    shard_size_mb = _From("outputs")
-    clips_per_shard = _From("outputs")
-    shard_frames = _From("outputs")
-    source = _From("sources")
-    cvdf_parts = _From("sources")
-    clip_cache = _From("sources")
-    frame_index_base = _From("video")
-    flow_resource_hints = _From("flow")
 
 
 # The order of the options in --help (and in OPTIONS); an option not named here comes after these,

@@ -71,7 +71,7 @@ class Progress(threading.Thread):
             print(f"[progress] stopped: {type(e).__name__}: {e}", file=self.out, flush=True)
 
     def counts(self):
-        totals = tally.read_all(self.settings.output, self.settings.run_id)
+        totals = tally.read_all(self.settings.outputs.output, self.settings.run_id)
         return counts(totals, self.clock() - self.started)
 
     def line(self):

@@ -106,3 +106,24 @@ def serve_dir(directory):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def settings_of(**values):
+    """A stand-in for a resolved options.Settings: each value given goes under the option group of
+    Settings that has the field (output= -> .outputs.output, frame_index_base= -> .video...), the
+    rest (dataset, run_id, published, ...) at the top."""
+    import dataclasses
+    import types
+    from pipeline import options
+    owner = {}
+    groups = {}
+    for group in dataclasses.fields(options.Settings):
+        if dataclasses.is_dataclass(group.type):
+            groups[group.name] = {}
+            for field in dataclasses.fields(group.type):
+                assert field.name not in owner, f"{field.name} is in two groups"
+                owner[field.name] = group.name
+    top = {}
+    for name, value in values.items():
+        (groups[owner[name]] if name in owner else top)[name] = value
+    return types.SimpleNamespace(**top, **{name: types.SimpleNamespace(**v) for name, v in groups.items()})

@@ -2,13 +2,12 @@
 report's table and its chart (report/availability.png), the figures kept in the dataset configs."""
 import collections
 import json
-import types
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_video, read_records, run_cli, write_csv
+from conftest import ROOT, make_video, read_records, run_cli, settings_of, write_csv
 from pipeline import options
 from test_report import Page, record, stats_of
 from transforms import report, writers
@@ -226,8 +225,8 @@ def test_chart_size_bars_and_bytes():
 
 def test_report_writes_the_chart_and_removes_a_stale_one(tmp_path):
     recs = [record("val", "a", 1, source_kind="local"), record("val", "a", 2, "missing", "no file")]
-    s = types.SimpleNamespace(output=str(tmp_path), dataset="kinetics400", steps=("fetch",), flat=False,
-                              frame_index_base=1, run_id="run1", published=writers.published_figures(PUBLISHED))
+    s = settings_of(output=str(tmp_path), dataset="kinetics400", steps=("fetch",), flat=False,
+                    frame_index_base=1, run_id="run1", published=writers.published_figures(PUBLISHED))
     stats = stats_of(recs)
     report.write_report(stats, s)
     data = (tmp_path / report.AVAILABILITY).read_bytes()

@@ -150,7 +150,7 @@ def test_label_map_blank_lines(tmp_path):
     lm = tmp_path / "labels.txt"
     lm.write_text("abseiling\nzumba\n\n \n")
     settings, _, _ = resolve(["--dataset", "kinetics400", "--label-map", str(lm), "--output", "o"])
-    assert settings.labels == ("abseiling", "zumba")
+    assert settings.reading.labels == ("abseiling", "zumba")
     lm.write_text("abseiling\n\nzumba\n")
     with pytest.raises(UsageError, match=r"label map .*labels.txt: line 2 is blank"):
         resolve(["--dataset", "kinetics400", "--label-map", str(lm), "--output", "o"])
@@ -174,11 +174,11 @@ def test_config_layers_and_flags(tmp_path):
     user.write_text("limit: 5\nsplits: [val]\nlayout: flat\nannotations: mmaction2\n")
     settings, _, _ = resolve(["--dataset", "kinetics400", "--config", str(user), "--output", "o",
                               "--limit", "7"])
-    assert settings.limit == 7 and settings.splits == ("val",) and settings.flat
-    assert settings.annotations[0].endswith("kinetics400/annotations/kinetics_train.csv")
-    assert len(settings.labels) == 400
+    assert settings.reading.limit == 7 and settings.reading.splits == ("val",) and settings.outputs.flat
+    assert settings.reading.annotations[0].endswith("kinetics400/annotations/kinetics_train.csv")
+    assert len(settings.reading.labels) == 400
     settings, _, _ = resolve(["--dataset", "kinetics600", "--output", "o"])
-    assert settings.annotations == ("https://storage.googleapis.com/deepmind-media/Datasets/kinetics600.tar.gz",)
+    assert settings.reading.annotations == ("https://storage.googleapis.com/deepmind-media/Datasets/kinetics600.tar.gz",)
     bad = tmp_path / "bad.yaml"
     bad.write_text("limmit: 3\n")
     with pytest.raises(UsageError, match="unknown key"):

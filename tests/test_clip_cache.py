@@ -285,10 +285,10 @@ def test_a_cache_that_cannot_be_written_leaves_the_clip_made(tmp_path, source):
 def test_the_option_from_flags_yaml_and_help(tmp_path, capsys):
     from pipeline.options import build_parser, resolve
     base = ["--dataset", "kinetics400", "--annotations", "val.csv", "--output", str(tmp_path / "out")]
-    assert resolve(base)[0].clip_cache is None
-    assert resolve(base + ["--clip-cache", "gs://bkt/clips/"])[0].clip_cache == "gs://bkt/clips"
+    assert resolve(base)[0].sources.clip_cache is None
+    assert resolve(base + ["--clip-cache", "gs://bkt/clips/"])[0].sources.clip_cache == "gs://bkt/clips"
     cfg = write_csv(tmp_path / "c.yaml", f"clip_cache: {tmp_path / 'cache'}\n")
-    assert resolve(base + ["--config", str(cfg)])[0].clip_cache == str(tmp_path / "cache")
+    assert resolve(base + ["--config", str(cfg)])[0].sources.clip_cache == str(tmp_path / "cache")
     assert "--clip-cache CLIP_CACHE" in build_parser().format_help()
     # Dataflow workers cannot see a local cache
     pytest.importorskip("apache_beam.runners.dataflow.dataflow_runner")

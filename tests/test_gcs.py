@@ -5,7 +5,6 @@ import json
 import os
 import pathlib
 import re
-import types
 
 import apache_beam as beam
 import av
@@ -15,7 +14,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from gcs_emulator import gcs  # noqa: F401  (fixture)
-from conftest import make_video, run_cli, write_csv
+from conftest import make_video, run_cli, settings_of, write_csv
 from pipeline import demo
 from pipeline import options as cli_options
 from transforms import report, shards, storage
@@ -118,8 +117,8 @@ def test_shards_and_report_on_gcs(gcs, tmp_path):
                      "flow_frames": 2, "seconds": {"total": 1.0}, "run_id": "r"})
     recs.append(dict(recs[0], clip_id="gone", status="unavailable", reason="Video unavailable"))
     for root in (str(tmp_path / "local"), gs_root):
-        s = types.SimpleNamespace(output=root, dataset="k400", steps=("shards",), flat=False, shard_frames=True,
-                                  shard_size_mb=1024, clips_per_shard=2, frame_index_base=1, run_id="r")
+        s = settings_of(output=root, dataset="k400", steps=("shards",), flat=False, shard_frames=True,
+                        shard_size_mb=1024, clips_per_shard=2, frame_index_base=1, run_id="r")
         with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
             records = p | beam.Create(recs)
             _ = records | shards.WriteShards(s)
@@ -179,7 +178,7 @@ def demo_inputs(demo_dir):
         demo.prepare(settings)
     finally:
         os.chdir(cwd)
-    return pathlib.Path(settings.annotations[0]).parent, list(reversed(settings.labels))
+    return pathlib.Path(settings.reading.annotations[0]).parent, list(reversed(settings.reading.labels))
 
 
 def test_every_input_on_gcs(gcs, demo_inputs):

@@ -4,6 +4,7 @@ import os
 import fsspec
 import pytest
 
+from conftest import settings_of
 from pipeline.progress import Progress, line, next_wait
 from transforms import storage, tally
 from transforms.ledger import Ledger, is_complete
@@ -15,9 +16,8 @@ def clip(i, split="val"):
     return Clip(split, "abseiling", 0, "abseiling", yid, 0.0, 10.0, f"{yid}_000000_000010", "a.csv", i + 2, (0, i + 2))
 
 
-class S:
-    def __init__(self, output, run_id="now"):
-        self.output, self.run_id, self.progress_interval = output, run_id, 10
+def S(output, run_id="now"):
+    return settings_of(output=output, run_id=run_id, progress_interval=10)
 
 
 @pytest.mark.parametrize("root", ["local", "memory"])
@@ -67,8 +67,8 @@ def test_progress_counts_this_run_and_what_was_complete(tmp_path, monkeypatch):
     reader.flush(every=0)
     worker = tally.Tally(storage.join(tally.progress_dir(out, "now"), "other-worker.json"))
     for rec in (clip(0).record("exists"), clip(1).record("exists")):
-        tally.note(settings, rec, skipped=True)
-    tally.flush(settings)
+        tally.note(out, settings.run_id, rec, skipped=True)
+    tally.flush(out, settings.run_id)
     tally.tally(out, "now").flush(every=0)
     progress = Progress(settings)
     assert progress.counts() == {"total": 6, "reading": False, "done": 2, "skipped": 2, "failed": 0,

@@ -144,8 +144,8 @@ def test_settings_takes_each_group(tmp_path):
     m = merged(annotations=["mine"], output="gs://out/run/", steps=["fetch", "rgb"], source="cvdf",
                flow_resource_hint=["min_ram=8GB"], progress_interval=3)
     s = options._settings(m, None, layers)
-    assert (s.dataset, s.annotations, s.output, s.steps) == ("k", (os.path.abspath("a.csv"), "gs://b/c.csv"),
+    assert (s.dataset, s.reading.annotations, s.outputs.output, s.outputs.steps) == ("k", (os.path.abspath("a.csv"), "gs://b/c.csv"),
                                                              "gs://out/run", ("fetch", "rgb"))
-    assert s.cvdf_parts == {"train": "https://h/train.txt"} and s.fetch == FetchOptions()
-    assert s.flow_resource_hints == (("min_ram", "8GB"),) and s.progress_interval == 10.0
-    assert s.labels == tuple(LABELS) and s.splits == ("train", "val", "test")
+    assert s.sources.cvdf_parts == {"train": "https://h/train.txt"} and s.fetch == FetchOptions()
+    assert s.flow.flow_resource_hints == (("min_ram", "8GB"),) and s.progress_interval == 10.0
+    assert s.reading.labels == tuple(LABELS) and s.reading.splits == ("train", "val", "test")

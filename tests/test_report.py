@@ -2,7 +2,6 @@
 import html.parser
 import pathlib
 import random
-import types
 
 import apache_beam as beam
 import cv2
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from conftest import make_video
+from conftest import make_video, settings_of
 from transforms import report, shards, storage
 from transforms.records import Clip
 
@@ -21,7 +20,7 @@ def settings(output, **kw):
     values = dict(output=str(output), dataset="demo", steps=("fetch", "rgb", "flow"), flat=False,
                   frame_index_base=1, run_id="run1")
     values.update(kw)
-    return types.SimpleNamespace(**values)
+    return settings_of(**values)
 
 
 def record(split, class_dir, n, status="ok", reason="", **fields):
@@ -180,7 +179,7 @@ def run_with_shards(recs, s):
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
         records = p | beam.Create(recs)
         _ = records | report.WriteReport(s, records | shards.WriteShards(s))
-    return Page((pathlib.Path(s.output) / "report.html").read_text())
+    return Page((pathlib.Path(s.outputs.output) / "report.html").read_text())
 
 
 def test_html_shards_table(outputs):

@@ -7,7 +7,6 @@ import random
 import re
 import shutil
 import tarfile
-import types
 
 import apache_beam as beam
 import av
@@ -18,7 +17,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from conftest import make_video, run_cli
+from conftest import make_video, run_cli, settings_of
 from transforms import shards, storage
 from transforms.records import Clip
 
@@ -30,7 +29,7 @@ def settings(output, **kw):
     values = dict(output=storage.normalize(str(output)), dataset="demo", flat=False,
                   shard_frames=False, shard_size_mb=1024, clips_per_shard=None, frame_index_base=1)
     values.update(kw)
-    return types.SimpleNamespace(**values)
+    return settings_of(**values)
 
 
 def write_file(url, data):

@@ -42,7 +42,7 @@ def test_most_telling_status_ranks_unavailable_first_and_missing_last():
 
 def test_a_list_of_sources_plans_the_first_and_keeps_the_rest_in_order():
     s = settings()
-    assert s.source == "local,cvdf,youtube" and chain(s) == ("local", "cvdf", "youtube")
+    assert s.sources.source == "local,cvdf,youtube" and chain(s) == ("local", "cvdf", "youtube")
     job = plan(CLIP, None, s)
     assert (job.source, job.then, job.tried) == (LOCAL, (CVDF, FETCH), ())
     cvdf = job.next_source("local", MISSING, "no video")
@@ -77,9 +77,9 @@ def test_settled_record_names_every_source_and_keeps_the_deciding_records_fields
 
 def test_source_list_options():
     repeated = resolve(["--dataset", "kinetics400", "--output", "o", "--source", "cvdf", "--source", "youtube"])[0]
-    assert repeated.source == "cvdf,youtube"  # a repeated flag: in order
-    assert settings(source=" youtube , local ").source == "youtube,local"
-    assert settings(source="youtube").source == "youtube"
+    assert repeated.sources.source == "cvdf,youtube"  # a repeated flag: in order
+    assert settings(source=" youtube , local ").sources.source == "youtube,local"
+    assert settings(source="youtube").sources.source == "youtube"
     for bad, message in (("local,local", "--source: local named twice in local,local (each source at most once)"),
                          ("local,ftp", "--source: unknown source 'ftp' (choose from youtube, local, cvdf)"),
                          (",", "--source: name at least one source (youtube, local, cvdf)")):
@@ -91,10 +91,10 @@ def test_source_list_options():
 def test_source_list_from_yaml_and_the_one_line_error(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("source: [cvdf, youtube]\n")
-    assert settings("--config", cfg, source="youtube").source == "youtube"  # the flag beats the config
+    assert settings("--config", cfg, source="youtube").sources.source == "youtube"  # the flag beats the config
     s = resolve(["--dataset", "kinetics400", "--output", "out", "--steps", "fetch", "--config", str(cfg),
                  "--video-root", "parts"])[0]
-    assert (s.source, s.cvdf_parts) == ("cvdf,youtube", "parts")  # no local: --video-root holds the parts
+    assert (s.sources.source, s.sources.cvdf_parts) == ("cvdf,youtube", "parts")  # no local: --video-root holds the parts
     assert run_cli("--dataset", "kinetics400", "--annotations", "a.csv", "--output", tmp_path / "o",
                    "--source", "youtube,cvdf,youtube") == 2
     err = capsys.readouterr().err.strip().splitlines()

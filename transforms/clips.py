@@ -124,7 +124,7 @@ def add_flow(record, settings):
 def count(record, settings, skipped=False):
     """A clip's final record: Beam's counter and this worker's progress tally."""
     Metrics.counter("clips", f"{record['split']}.{record['status']}").inc()
-    tally.note(settings, record, skipped)
+    tally.note(settings.outputs.output, settings.run_id, record, skipped)
 
 
 def check(clip, ledger, settings):
@@ -157,7 +157,7 @@ class CheckLedger(beam.DoFn):
         yield record if record is not None else beam.pvalue.TaggedOutput("todo", job)
 
     def finish_bundle(self):
-        tally.flush(self.settings)
+        tally.flush(self.settings.outputs.output, self.settings.run_id)
 
 
 class _Recording(beam.DoFn):
@@ -169,7 +169,7 @@ class _Recording(beam.DoFn):
         self.ledger = Ledger(self.settings.outputs.output)
 
     def finish_bundle(self):
-        tally.flush(self.settings)
+        tally.flush(self.settings.outputs.output, self.settings.run_id)
 
     def finish(self, record, started, last_step, prev=None):
         """The ClipRecord as the ledger keeps it, written there unless `prev`, the ledger's record

@@ -446,8 +446,8 @@ def render_html(stats, settings, sheet, shards=None, chart=False):
     title = html.escape(f"kinetics-prep report: {settings.dataset}")
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{CSS}</style></head><body><h1>{title}</h1>"
-            f"<p>Output <code>{html.escape(settings.output)}</code>; steps "
-            f"{html.escape(', '.join(settings.steps))}. Every failure is listed in "
+            f"<p>Output <code>{html.escape(settings.outputs.output)}</code>; steps "
+            f"{html.escape(', '.join(settings.outputs.steps))}. Every failure is listed in "
             f"<code>failures.csv</code>, every clip in <code>manifest/</code>.</p>"
             f"<h2>Clips per split and status</h2>{_summary(counts, splits, statuses)}"
             f"<h2>Availability</h2><p>Per split: the rows annotated, the clips each kind of source served, "
@@ -463,21 +463,22 @@ def render_html(stats, settings, sheet, shards=None, chart=False):
 def write_report(stats, settings, shards=None):
     """Write report/availability.png (when the run has a split), report/contact_sheet.png (when a
     clip can be shown) and report.html; return the html url. A PNG not drawn is removed."""
-    chart_url = storage.join(settings.output, AVAILABILITY)
+    output = settings.outputs.output
+    chart_url = storage.join(output, AVAILABILITY)
     chart = availability_chart(stats_availability(stats, getattr(settings, "published", None))["splits"],
                                settings.dataset)
     if chart is not None:
         storage.write_bytes(chart_url, png_bytes(chart))
     else:
         storage.remove(chart_url)
-    sheet_url = storage.join(settings.output, SHEET)
+    sheet_url = storage.join(output, SHEET)
     sheet = None
     if stats["sample"]:
-        sheet = contact_sheet(stats["sample"], settings.output, settings.frame_index_base)
+        sheet = contact_sheet(stats["sample"], output, settings.video.frame_index_base)
         storage.write_bytes(sheet_url, cv2.imencode(".png", sheet)[1].tobytes())
     else:
         storage.remove(sheet_url)
-    url = storage.join(settings.output, "report.html")
+    url = storage.join(output, "report.html")
     storage.write_text(url, render_html(stats, settings, sheet is not None, shards, chart is not None))
     return url
 

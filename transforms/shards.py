@@ -280,13 +280,14 @@ def summary(split, index, written):
             "seconds": round(sum(w["seconds"] for w in written), 3)}
 
 
-def _entry(record, settings):
-    """(split, sample or None): every split with records gets a plan, even an empty one."""
+def _entry(record, outputs, frame_base):
+    """(split, sample or None): every split with records gets a plan, even an empty one. `outputs`:
+    the OutputOptions; `frame_base`: the first frame's index."""
     smp = None
     if record["status"] in GOOD:
         try:
-            smp = sample(record, settings.output, flat=settings.flat, frames=settings.shard_frames,
-                         frame_base=settings.frame_index_base)
+            smp = sample(record, outputs.output, flat=outputs.flat, frames=outputs.shard_frames,
+                         frame_base=frame_base)
         except FileNotFoundError as e:
             log.warning("shard: leaving out %s/%s: %s", record["class_dir"], record["clip_id"], e)
             Metrics.counter("shards", "samples_left_out").inc()
@@ -298,12 +299,12 @@ def _packing(entry):
     return split, smp and (smp["class_dir"], smp["clip_id"], smp["key"], smp["bytes"])
 
 
-def _plan_split(split_entries, settings):
+def _plan_split(split_entries, outputs, dataset):
     """(split, {"shards": plan, "skipped": {name: duplicates}, "previous": the last index's entries})."""
     split, entries = split_entries
     kept, skipped = dedupe([e for e in entries if e])
-    shards = plan(kept, settings.dataset, split, size_mb=settings.shard_size_mb,
-                  per_shard=settings.clips_per_shard)
+    shards = plan(kept, dataset, split, size_mb=outputs.shard_size_mb,
+                  per_shard=outputs.clips_per_shard)
     where = {key: name for name, keys in shards for key in keys}
     by_shard = {}
     for dup in skipped:
@@ -312,7 +313,7 @@ def _plan_split(split_entries, settings):
         by_shard.setdefault(where[dup["key"]], []).append(dup)
     Metrics.counter("shards", "duplicate_keys").inc(len(skipped))
     previous = {n: {"bytes": e.get("bytes"), "fingerprint": e.get("fingerprint")}
-                for n, e in read_index(settings.output, split).items()}
+                for n, e in read_index(outputs.output, split).items()}
     return split, {"shards": shards, "skipped": by_shard, "previous": previous}
 
 
@@ -332,17 +333,17 @@ def _placed(joined):
         yield (split, name), (position, smp, previous)
 
 
-def _write(shard, settings):
+def _write(shard, outputs):
     (split, name), placed = shard
     placed = sorted(placed, key=lambda p: p[0])
-    return write_shard(split, name, [s for _, s, _ in placed], settings.output, placed[0][2])
+    return write_shard(split, name, [s for _, s, _ in placed], outputs.output, placed[0][2])
 
 
-def _index(joined, settings):
+def _index(joined, outputs):
     split, groups = joined
     (planned,) = groups["planned"]
     written = list(groups["written"])
-    index = write_index(split, planned["names"], written, settings.output, planned["skipped"])
+    index = write_index(split, planned["names"], written, outputs.output, planned["skipped"])
     return summary(split, index, written)
 
 
@@ -360,13 +361,14 @@ class WriteShards(beam.PTransform):
 
     def expand(self, records):
         settings = self.settings
+        outputs = settings.outputs
         entries = (records
                    | "InSplits" >> beam.Filter(lambda r: r["split"] in SPLITS)
-                   | "Sample" >> beam.Map(_entry, settings))
+                   | "Sample" >> beam.Map(_entry, outputs, settings.video.frame_index_base))
         plans = (entries
                  | "Packing" >> beam.Map(_packing)
                  | "BySplit" >> beam.GroupByKey()
-                 | "Plan" >> beam.Map(_plan_split, settings))
+                 | "Plan" >> beam.Map(_plan_split, outputs, settings.dataset))
         assigned = plans | "Assign" >> beam.FlatMap(_assignments)
         samples = (entries
                    | "Good" >> beam.Filter(lambda e: e[1] is not None)
@@ -375,10 +377,10 @@ class WriteShards(beam.PTransform):
                    | "Place" >> beam.CoGroupByKey()
                    | "ToShard" >> beam.FlatMap(_placed)
                    | "ByShard" >> beam.GroupByKey()
-                   | "WriteShard" >> beam.Map(_write, settings)
+                   | "WriteShard" >> beam.Map(_write, outputs)
                    | "WrittenBySplit" >> beam.Map(lambda w: (w["split"], w)))
         planned = plans | "Names" >> beam.Map(
             lambda p: (p[0], {"names": [name for name, _ in p[1]["shards"]], "skipped": p[1]["skipped"]}))
         return ({"planned": planned, "written": written}
                 | "JoinSplit" >> beam.CoGroupByKey()
-                | "WriteIndex" >> beam.Map(_index, settings))
+                | "WriteIndex" >> beam.Map(_index, outputs))

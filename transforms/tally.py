@@ -78,16 +78,16 @@ def tally(output, run_id):
         return _TALLIES[key]
 
 
-def note(settings, record, skipped=False):
-    """Count a clip's final record in this process's tally."""
+def note(output, run_id, record, skipped=False):
+    """Count a clip's final record in this process's tally (of the run `run_id` writing to `output`)."""
     if skipped:
-        tally(settings.output, settings.run_id).add(skipped=1)
+        tally(output, run_id).add(skipped=1)
     else:
-        tally(settings.output, settings.run_id).add(recorded=1, failed=int(record["status"] not in GOOD))
+        tally(output, run_id).add(recorded=1, failed=int(record["status"] not in GOOD))
 
 
-def flush(settings):
-    tally(settings.output, settings.run_id).flush()
+def flush(output, run_id):
+    tally(output, run_id).flush()
 
 
 def read_all(output, run_id):

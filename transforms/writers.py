@@ -255,26 +255,28 @@ def failure_range(grouped, folder):
 class WritePart(beam.DoFn):
     """One range of a split's records in; its manifest file written. Yields the part's name, its
     counts by status and its good records' counts by source kind (`served`); tagged `lists`:
-    ((split, kind), (index, its lines)) when the run lists the split."""
+    ((split, kind), (index, its lines)) when the run lists the split. `outputs`: the OutputOptions;
+    `splits`: the splits the run reads."""
 
-    def __init__(self, settings):
-        self.settings = settings
+    def __init__(self, outputs, splits):
+        self.outputs, self.splits = outputs, splits
 
     def process(self, joined, plans):
         (split, index), groups = joined
         entries = [entry for _, entry in runs.merged(groups["pieces"])]
         name = manifest_name(split, index, plans[split]["files"])
-        storage.write_text(storage.join(self.settings.output, name), "".join(json for json, _, _ in entries))
+        storage.write_text(storage.join(self.outputs.output, name), "".join(json for json, _, _ in entries))
         yield {"split": split, "manifest": name, "counts": dict(collections.Counter(s for _, s, _ in entries)),
                "served": dict(collections.Counter(lines[SERVED] for _, _, lines in entries if SERVED in lines))}
-        if split in self.settings.splits and "filelists" in self.settings.steps:
+        if split in self.splits and "filelists" in self.outputs.steps:
             for kind in filelists.KINDS:
                 text = "".join(lines.get(kind) or "" for _, _, lines in entries)
                 yield beam.pvalue.TaggedOutput("lists", ((split, kind), (index, text, len(entries))))
 
 
-def write_list(grouped, plans, settings):
-    """One file list from its parts' lines (in part order); its name, or None when it has no line.
+def write_list(grouped, plans, outputs, dataset):
+    """One file list of `dataset` from its parts' lines (in part order), as the OutputOptions
+    `outputs` ask; its name, or None when it has no line.
     Refuses (IncompleteRun) unless its parts hold one record per planned row of the split."""
     (split, kind), parts = grouped
     parts = sorted(parts)
@@ -282,35 +284,36 @@ def write_list(grouped, plans, settings):
     text = "".join(text for _, text, _ in parts)
     if not text:
         return None
-    fmt = settings.filelist_format
-    if settings.shuffle or fmt != "txt":
+    fmt = outputs.filelist_format
+    if outputs.shuffle or fmt != "txt":
         lines = text.splitlines(keepends=True)
-        data = filelists.render(filelists.shuffled(lines, settings.seed) if settings.shuffle else lines, kind, fmt)
+        data = filelists.render(filelists.shuffled(lines, outputs.seed) if outputs.shuffle else lines, kind, fmt)
     else:
         data = text.encode("utf-8")
-    name = filelists.list_name(settings.dataset, split, kind, fmt)
-    storage.write_bytes(storage.join(settings.output, name), data)
+    name = filelists.list_name(dataset, split, kind, fmt)
+    storage.write_bytes(storage.join(outputs.output, name), data)
     return name
 
 
-def empty_parts(parts, settings):
-    """A part for each requested split that had no records: an empty manifest."""
+def empty_parts(parts, splits, output):
+    """A part for each requested split (of `splits`) that had no records: an empty manifest under `output`."""
     have = {p["split"] for p in parts}
     out = []
-    for split in settings.splits:
+    for split in splits:
         if split not in have:
-            storage.write_bytes(storage.join(settings.output, manifest_name(split)), b"")
+            storage.write_bytes(storage.join(output, manifest_name(split)), b"")
             out.append({"split": split, "manifest": manifest_name(split), "counts": {}, "served": {}})
     return out
 
 
-def remove_stale_lists(written, settings):
-    """Remove the requested splits' file lists (either format) that this run did not write."""
-    ours = {filelists.list_name(settings.dataset, split, kind, fmt)
-            for split in settings.splits for kind in filelists.KINDS for fmt in filelists.FORMATS}
-    for name in storage.listdir_names(settings.output):
+def remove_stale_lists(written, dataset, splits, output):
+    """Remove the requested splits' file lists (either format) of `dataset` under `output` that this
+    run did not write."""
+    ours = {filelists.list_name(dataset, split, kind, fmt)
+            for split in splits for kind in filelists.KINDS for fmt in filelists.FORMATS}
+    for name in storage.listdir_names(output):
         if name in ours and name not in written:
-            storage.remove(storage.join(settings.output, name))
+            storage.remove(storage.join(output, name))
 
 
 def split_counts(parts, field="counts"):
@@ -326,9 +329,9 @@ def write_run(_, parts, lists, failures, plans, settings, label_map_text):
     """failures.csv, summary.json and label_map.txt; empty manifests for requested splits without
     records; drop manifests and the requested splits' file lists that this run did not write.
     Refuses (IncompleteRun) when the records that came are not one per planned row."""
-    out = settings.output
+    out, splits = settings.outputs.output, settings.reading.splits
     check_complete(split_counts(parts), plans)
-    parts = list(parts) + empty_parts(parts, settings)
+    parts = list(parts) + empty_parts(parts, splits, out)
     write_failures(storage.join(out, "failures.csv"), failures)
     counts = split_counts(parts)
     result = summary(counts)
@@ -339,8 +342,8 @@ def write_run(_, parts, lists, failures, plans, settings, label_map_text):
     for url in storage.find_files(storage.join(out, "manifest")):
         if url not in keep:
             storage.remove(url)
-    if "filelists" in settings.steps:
-        remove_stale_lists({name for name in lists if name}, settings)
+    if "filelists" in settings.outputs.steps:
+        remove_stale_lists({name for name in lists if name}, settings.dataset, splits, out)
     return result
 
 
@@ -362,19 +365,20 @@ class WriteOutputs(beam.PTransform):
 
     def expand(self, records):
         s = self.settings
-        plan = self.rows | "Ranges" >> Ranges(s.manifest_file_records)
+        outputs = s.outputs
+        plan = self.rows | "Ranges" >> Ranges(outputs.manifest_file_records)
         plans = beam.pvalue.AsDict(plan)
-        folder = runs.runs_dir(s.output, s.run_id)
+        folder = runs.runs_dir(outputs.output, s.run_id)
         pieces = (records
-                  | "ToPart" >> beam.Map(part_of, plans, s.flat)
+                  | "ToPart" >> beam.Map(part_of, plans, outputs.flat)
                   | "WritePartRuns" >> beam.ParDo(runs.WriteRuns(folder, entry_size)))
         slots = plan | "Slots" >> beam.FlatMap(lambda p: [((p[0], i), None) for i in range(p[1]["files"])])
         parts = ({"pieces": pieces, "slot": slots}
                  | "GatherPart" >> beam.CoGroupByKey()
-                 | "WritePart" >> beam.ParDo(WritePart(s), plans).with_outputs("lists", main="parts"))
+                 | "WritePart" >> beam.ParDo(WritePart(outputs, s.reading.splits), plans).with_outputs("lists", main="parts"))
         lists = (parts.lists
                  | "GatherList" >> beam.GroupByKey()
-                 | "WriteList" >> beam.Map(write_list, plans, s))
+                 | "WriteList" >> beam.Map(write_list, plans, outputs, s.dataset))
         failing = records | "Failing" >> beam.Filter(lambda r: r["status"] not in GOOD)
         failure_plans = beam.pvalue.AsDict(
             self.rows
