@@ -207,16 +207,16 @@ def _settings(m, args, layers):
     from them with its rules checked, in the order annotations, outputs, sources and fetch, video,
     flow; the first rule broken is the UsageError raised."""
     dataset, reading = annotation_options(m, layers)
-    outputs = _group(OutputOptions, m)
+    outputs = build_group(OutputOptions, m)
     sources, fetch = fetch_options(m, outputs.steps, layers, dataset)
-    video = _group(VideoOptions, m)
-    flow = _group(FlowOptions, m)
+    video = build_group(VideoOptions, m)
+    flow = build_group(FlowOptions, m)
     return Settings(dataset=dataset, reading=reading, outputs=outputs, sources=sources, fetch=fetch, video=video,
                     flow=flow, **optionfields.converted(Settings, m), demo=any(layer.get("demo") for layer in layers),
                     run_id=uuid.uuid4().hex, published=check_published(layers))
 
 
-def _group(cls, m, **context):
+def build_group(cls, m, **context):
     """The option group `cls` from the merged options `m` (optionfields.build); a rule it breaks
     is a UsageError."""
     try:
@@ -243,7 +243,7 @@ def annotation_options(m, layers):
     sets = {}
     for layer in layers:
         sets.update(layer.get("annotation_sets") or {})
-    return name, _group(AnnotationOptions, m, dataset=name, annotation_sets=sets)
+    return name, build_group(AnnotationOptions, m, dataset=name, annotation_sets=sets)
 
 
 def fetch_options(m, steps, layers, dataset):
@@ -252,39 +252,5 @@ def fetch_options(m, steps, layers, dataset):
     yt-dlp options, as FetchOptions checks them."""
     config_parts = next((layer["cvdf_parts"] for layer in reversed(layers)
                          if isinstance(layer.get("cvdf_parts"), dict) and layer["cvdf_parts"]), None)
-    sources = _group(SourceOptions, m, steps=steps, dataset=dataset, config_parts=config_parts)
-    try:
-        fetch = optionfields.build(FetchOptions, m)
-    except (optionfields.Refused, ValueError) as e:
-        raise UsageError(str(e)) from None
-    return sources, fetch
-
-
-# Each group's checks on merged options `m`, returning what the group's tests look at.
-
-def check_annotations(m, layers):
-    """{dataset, annotations, splits, labels, classes} of the annotation group; raises UsageError."""
-    dataset, group = annotation_options(m, layers)
-    return {"dataset": dataset, "annotations": group.annotations, "splits": group.splits, "labels": group.labels,
-            "classes": group.classes}
-
-
-def check_outputs(m):
-    """The output group's steps (a list); raises UsageError."""
-    return list(_group(OutputOptions, m).steps)
-
-
-def check_fetch(m, steps, layers, dataset):
-    """(video_root, cvdf_parts, FetchOptions) of the sources and fetch groups; raises UsageError."""
-    sources, fetch = fetch_options(m, steps, layers, dataset)
-    return sources.video_root, sources.cvdf_parts, fetch
-
-
-def check_video(m):
-    """None once the video group's rules pass; raises UsageError."""
-    _group(VideoOptions, m)
-
-
-def check_flow(m):
-    """The flow stage's Beam resource hints; raises UsageError."""
-    return _group(FlowOptions, m).flow_resource_hints
+    sources = build_group(SourceOptions, m, steps=steps, dataset=dataset, config_parts=config_parts)
+    return sources, build_group(FetchOptions, m)

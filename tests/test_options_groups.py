@@ -5,8 +5,8 @@ import os
 import pytest
 
 from pipeline import options
-from pipeline.options import (OPTIONS, UsageError, check_annotations, check_fetch, check_flow, check_outputs,
-                              check_video)
+from option_checks import check_annotations, check_fetch, check_flow, check_outputs, check_video
+from pipeline.options import OPTIONS, UsageError
 from transforms.fetch import FetchOptions
 
 LABELS = ["abseiling", "air drumming", "answering questions"]

@@ -13,7 +13,8 @@ import pytest
 
 import faultserver as fs
 from conftest import make_video, read_records, run_cli, write_csv, write_tar
-from pipeline.options import UsageError, check_fetch, resolve
+from option_checks import check_fetch
+from pipeline.options import UsageError, resolve
 from transforms import fetch
 from transforms.plan import CVDF, FETCH, LOCAL, MOVES_ON, TELLING, chain, most_telling, plan, settled
 from transforms.records import CORRUPT, MISSING, NETWORK, OK, SHORT, UNAVAILABLE, Clip, ClipRecord

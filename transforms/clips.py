@@ -67,10 +67,11 @@ def process_clip(job, settings, fetched=None):
         kept = ClipRecord.from_dict(prev) if job.keep else None
         outputs, sizes = dict(job.keep), dict(kept.sizes if kept else {})
         params = {k: v for k, v in (kept.params if kept else {}).items() if k in job.keep}
+        made_with = output_params(settings)
         for kind, local in result.pop("files").items():
             sizes[kind] = publish(kind, local, layout.url(job.make[kind]))
             outputs[kind] = job.make[kind]
-            params[kind] = output_params(settings)[kind]
+            params[kind] = made_with[kind]
     seconds = {"fetch": round(took, 3), **result.pop("seconds")}
     return ClipRecord.made(clip, kept, name, outputs, sizes, params, seconds, result, SOURCE_KIND[job.source])
 

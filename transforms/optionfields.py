@@ -250,8 +250,13 @@ def converted(cls, values, **context):
 
 def build(cls, values, **context):
     """The group `cls` from the merged option values (see `converted`); its plain fields keep
-    their defaults."""
-    return cls(**converted(cls, values, **context))
+    their defaults. The group's own check of the values (a ValueError from its constructor, as
+    FetchOptions' `invalid` fields) is refused with its message."""
+    fields = converted(cls, values, **context)
+    try:
+        return cls(**fields)
+    except ValueError as e:
+        raise Refused(str(e)) from None
 
 
 def invalid(group):

@@ -330,8 +330,8 @@ def zero_filled_heap():
     GOP, while its frame pool fills, and not without its x86 assembly), so what it made depended on
     what the process's heap held before: a resized clip came out differently after other clips
     (2 to 10 distinct files of one source). With allocations zero-filled the bitstream is the
-    one a fresh process makes, whatever ran before. glibc only (mallopt M_PERTURB; no measurable
-    cost per clip); elsewhere nothing changes and False is returned."""
+    one a fresh process makes, whatever ran before. glibc only (mallopt M_PERTURB; 1.01x the CPU
+    per clip, bench/bench_heap.py); elsewhere nothing changes and False is returned."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     return bool(mallopt and mallopt(M_PERTURB, 0xFF) == 1)
 
